@@ -1,0 +1,12 @@
+"""monai-unetzoo: UNet, UNet++ and ResUNet for 2D/3D medical image segmentation on MONAI.
+
+Importing the package imports its submodules, so that MONAI's config resolver (which scans loaded modules
+whose name starts with ``monai``) finds our components by short name in bundle configs after
+``"imports": ["$import monai_unetzoo"]``.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from . import networks  # noqa: F401,E402

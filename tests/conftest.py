@@ -1,0 +1,53 @@
+"""Shared test fixtures.
+
+Real data lives outside the repository (research-use terms forbid copying it in): by default in
+``../shared/data`` beside the checkout, or wherever ``UNETZOO_DATA_DIR`` points. When it is absent the tests
+that need it are skipped with the reason; CI sets ``UNETZOO_REQUIRE_DATA=1`` so that a missing data set is a
+failure there instead of a silent skip.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("UNETZOO_DATA_DIR", REPO_ROOT.parent / "shared" / "data"))
+REQUIRE_DATA = os.environ.get("UNETZOO_REQUIRE_DATA", "0").lower() in ("1", "true", "yes")
+
+# The suite runs on 2 cores next to other work; a fixed small thread count keeps timings predictable.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def require_data(*parts: str) -> Path:
+    """Path to ``DATA_DIR/<parts>``; skip (or fail under UNETZOO_REQUIRE_DATA=1) when it does not exist."""
+    path = DATA_DIR.joinpath(*parts)
+    if not path.exists():
+        reason = f"real data not found at {path} (set UNETZOO_DATA_DIR to the folder holding DRIVE, Task04_Hippocampus, ...)"
+        if REQUIRE_DATA:
+            pytest.fail(f"UNETZOO_REQUIRE_DATA is set but {reason}")
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture
+def drive_dir() -> Path:
+    return require_data("DRIVE")
+
+
+@pytest.fixture
+def hippocampus_dir() -> Path:
+    return require_data("Task04_Hippocampus")
+
+
+@pytest.fixture
+def totalseg_dir() -> Path:
+    return require_data("TotalSegmentator_examples")
+
+
+@pytest.fixture
+def isbi_dir() -> Path:
+    return require_data("ISBI2012_EM")
