@@ -9,4 +9,4 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import networks  # noqa: F401,E402
+from . import engines, losses, metrics, networks  # noqa: F401,E402
