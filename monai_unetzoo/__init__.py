@@ -9,4 +9,4 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import checkpoints, distributed, engines, losses, metrics, networks, validation  # noqa: F401,E402
+from . import checkpoints, distributed, engines, inference, losses, metrics, networks, validation  # noqa: F401,E402
