@@ -9,4 +9,16 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from . import checkpoints, distributed, engines, inference, losses, metrics, networks, validation  # noqa: F401,E402
+from . import (  # noqa: F401,E402
+    checkpoints,
+    data,
+    distributed,
+    engines,
+    inference,
+    losses,
+    metrics,
+    networks,
+    presets,
+    transforms,
+    validation,
+)

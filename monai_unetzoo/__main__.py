@@ -1,0 +1,10 @@
+"""``python -m monai_unetzoo predict ...``: the same as the ``unetzoo`` console script."""
+
+from __future__ import annotations
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""The DRIVE bundle (bundles/drive): the documented CLI command, real-DRIVE training/evaluation/inference, and
+``verify_net_in_out``. Runs are kept tiny (a few iterations, two images); expectations come from independent
+computations in this file (numpy metrics on files read with PIL, MONAI's plain ``sliding_window_inference``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLE = REPO / "bundles" / "drive"
+TRAIN = str(BUNDLE / "train.json")
+EVALUATE = str(BUNDLE / "evaluate.json")
+INFERENCE = str(BUNDLE / "inference.json")
+META = str(BUNDLE / "metadata.json")
+
+
+def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    return proc
+
+
+def _tail(proc: subprocess.CompletedProcess, n: int = 4000) -> str:
+    return (proc.stdout + proc.stderr)[-n:]
+
+
+def _run_bundle(run_id: str, config_file, **override):
+    """In-process ``monai.bundle.run`` without applying logging.conf (which would disable pytest's loggers)."""
+    from monai.bundle import run
+
+    run(run_id=run_id, config_file=config_file, meta_file=META, logging_file=False, **override)
+
+
+def _pil(path) -> np.ndarray:
+    return np.asarray(Image.open(path))
+
+
+def _chance_dice_ceiling(labels: list[np.ndarray], fovs: list[np.ndarray]) -> float:
+    """Highest mean Dice of a prediction that ignores the image: predicting vessel at a rate q inside the FOV
+    gives an expected Dice of 2pq / (p + q) <= 2p / (1 + p) (p = vessel fraction), reached by q = 1."""
+    values = []
+    for lab, fov in zip(labels, fovs):
+        p = (lab[fov] > 0).mean()
+        values.append(2 * p / (1 + p))
+    return float(np.mean(values))
+
+
+def _reference_metrics(prob: np.ndarray, label: np.ndarray, fov: np.ndarray) -> dict[str, float]:
+    """FOV-masked Dice, IoU, Se, Sp, Acc (threshold 0.5) and rank AUC, plain numpy/scipy."""
+    from scipy.stats import rankdata
+
+    p, t = (prob > 0.5)[fov], label[fov]
+    tp, fp = np.sum(p & t), np.sum(p & ~t)
+    tn, fn = np.sum(~p & ~t), np.sum(~p & t)
+    ranks = rankdata(prob[fov])
+    n_pos, n_neg = t.sum(), (~t).sum()
+    auc = (ranks[t].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    return {"dice": 2 * tp / (2 * tp + fp + fn), "iou": tp / (tp + fp + fn), "sensitivity": tp / (tp + fn),
+            "specificity": tn / (tn + fp), "accuracy": (tp + tn) / (tp + tn + fp + fn), "auc": float(auc)}
+
+
+def _reference_probability(net: torch.nn.Module, image_path, fov: np.ndarray, roi_size=(96, 96)) -> np.ndarray:
+    """Vessel probability of one fundus image: FOV standardisation written out in numpy, MONAI's own
+    ``sliding_window_inference`` (overlap 0.5, Gaussian) over sigmoid-activated windows."""
+    from monai.inferers import sliding_window_inference
+
+    img = _pil(image_path).astype(np.float64).transpose(2, 0, 1)  # (3, H, W)
+    x = np.zeros_like(img)
+    for c in range(3):
+        v = img[c][fov]
+        x[c][fov] = (v - v.mean()) / v.std()
+    net.eval()
+    with torch.no_grad():
+        out = sliding_window_inference(torch.tensor(x[None], dtype=torch.float32), roi_size, 16,
+                                       lambda w: torch.sigmoid(net(w)), overlap=0.5, mode="gaussian")
+    return out[0, 0].numpy()
+
+
+def _load_network(ckpt: Path, features=(16, 32, 64, 128, 256)) -> torch.nn.Module:
+    from monai_unetzoo.networks import ClassicUNet
+
+    net = ClassicUNet(spatial_dims=2, in_channels=3, out_channels=1, features=features, norm="batch")
+    net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
+    return net
+
+
+# ---------------------------------------------------------------------------------------------- the CLI command
+
+
+def test_verify_net_in_out_cli():
+    proc = _cli("verify_net_in_out", "network_def", "--config_file", TRAIN, "--meta_file", META, "--n", "3",
+                "--device", "cpu", timeout=180)
+    assert proc.returncode == 0, _tail(proc)
+    assert "data shape of network is verified with no error" in proc.stdout + proc.stderr
+    # the check can fail: a network with 2 output channels contradicts metadata.json
+    from monai.bundle import verify_net_in_out
+
+    with pytest.raises(ValueError, match="output channel number"):
+        verify_net_in_out(net_id="network_def", config_file=TRAIN, meta_file=META, device="cpu",
+                          **{"network_def#out_channels": 2})
+
+
+def test_default_command_trains_on_synthetic_data(tmp_path):
+    """``python -m monai.bundle run training --config_file bundles/drive/train.json``, shortened by overrides,
+    generates the synthetic data set, says so, learns better than chance and leaves checkpoints and a log."""
+    out = tmp_path / "models"
+    proc = _cli("run", "training", "--config_file", "bundles/drive/train.json", "--output_dir", str(out),
+                "--epochs", "2", "--val_interval", "1", "--passes_per_epoch", "6", "--patch_size", "[64,64]",
+                "--num_workers", "0", "--num_threads", "1", "--synthetic#num_training", "6",
+                "--synthetic#num_test", "1", "--synthetic#image_size", "[128,144]", timeout=600)
+    assert proc.returncode == 0, _tail(proc)
+    assert "SYNTHETIC DATA" in proc.stdout + proc.stderr
+    assert (out / "model.pt").is_file() and (out / "model_last.pt").is_file()
+    log = (out / "train_log.txt").read_text()
+    assert "SYNTHETIC DATA" in log
+    dices = [float(v) for v in re.findall(r"Metrics -- .*val_dice: ([0-9.]+)", log)]
+    assert len(dices) == 2, log[-2000:]
+    # chance level from the validation labels themselves (split: val_fraction 0.2 of 6 -> 1 image)
+    from monai_unetzoo.data import drive_datalists
+
+    val = drive_datalists(out / "synthetic_DRIVE", val_fraction=0.2, seed=0)["validation"]
+    labels = [_pil(d["label"]) > 0 for d in val]
+    fovs = [_pil(d["roi"]) > 0 for d in val]
+    ceiling = _chance_dice_ceiling(labels, fovs)
+    assert max(dices) > ceiling + 0.15, (dices, ceiling)
+    # the best checkpoint is a ClassicUNet state dict, last checkpoint holds model/optimizer/scheduler
+    _load_network(out / "model.pt")
+    last = torch.load(out / "model_last.pt", map_location="cpu", weights_only=False)
+    assert {"model", "optimizer", "lr_scheduler"} <= set(last)
+
+
+def test_explicit_dataset_dir_without_drive_fails(tmp_path):
+    (tmp_path / "not_drive").mkdir()
+    proc = _cli("run", "training", "--config_file", TRAIN, "--output_dir", str(tmp_path / "m"),
+                "--dataset_dir", str(tmp_path / "not_drive"), timeout=180)
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert "DriveDatasetError" in text and "not a DRIVE folder" in text
+    assert not (tmp_path / "m" / "synthetic_DRIVE").exists()  # never a silent fall-back
+
+
+# ---------------------------------------------------------------------------------------------- real DRIVE
+
+
+SMALL_NET = [8, 16, 32, 64, 128]  # the recipe's network at half width: these tests check the pipeline, not accuracy
+REAL_CASES = ("21", "22")
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory):
+    """Train a few iterations on two real training images (23, 24), validating on 21 and 22; then compute the
+    reference probabilities of 21 and 22 independently of the bundle."""
+    from conftest import require_data
+
+    drive = require_data("DRIVE")
+    out = tmp_path_factory.mktemp("drive_real")
+    common = {"dataset_dir": str(drive), "output_dir": str(out / "models"), "val_case_ids": list(REAL_CASES),
+              "num_workers": 0, "num_threads": torch.get_num_threads(), "network_def#features": SMALL_NET}
+    _run_bundle("training", TRAIN, epochs=1, val_interval=1, passes_per_epoch=2, images_per_batch=2,
+                patches_per_image=4, train_datalist="$@datalists['training'][:2]", **common)
+    net = _load_network(out / "models" / "model.pt", features=SMALL_NET)
+    refs = {}
+    for cid in REAL_CASES:
+        fov = _pil(drive / "training" / "mask" / f"{cid}_training_mask.gif") > 0
+        label = _pil(drive / "training" / "1st_manual" / f"{cid}_manual1.gif") > 0
+        prob = _reference_probability(net, drive / "training" / "images" / f"{cid}_training.tif", fov)
+        refs[cid] = {"fov": fov, "label": label, "prob": prob}
+    return drive, out, common, refs
+
+
+def test_real_drive_training_and_evaluation(real_run):
+    drive, out, common, refs = real_run
+    models = out / "models"
+    assert (models / "model.pt").is_file() and (models / "model_last.pt").is_file()
+    log = (models / "train_log.txt").read_text()
+    assert "SYNTHETIC" not in log and len(re.findall(r"val_dice: ([0-9.]+)", log)) == 1
+
+    eval_dir = out / "eval"
+    _run_bundle("evaluating", [TRAIN, EVALUATE], split="validation", eval_dir=str(eval_dir), **common)
+    summary = json.loads((eval_dir / "metrics_validation.json").read_text())
+    assert summary["cases"] == list(REAL_CASES) and summary["num_images"] == 2
+    rows = (eval_dir / "metrics_validation_per_image.csv").read_text().strip().splitlines()
+    header = rows[0].split(",")
+    assert header == ["case", "dice", "iou", "sensitivity", "specificity", "accuracy", "auc"]
+    assert rows[1].split(",")[0].endswith("21_training.tif")
+
+    expected = []
+    for i, cid in enumerate(REAL_CASES):
+        ref = _reference_metrics(refs[cid]["prob"], refs[cid]["label"], refs[cid]["fov"])
+        expected.append(ref)
+        csv_values = dict(zip(header[1:], map(float, rows[i + 1].split(",")[1:])))
+        for name, value in ref.items():
+            assert summary["per_image"][name][i] == pytest.approx(value, abs=2e-3), (cid, name)
+            assert csv_values[name] == pytest.approx(value, abs=2e-3), (cid, name)
+    for name in expected[0]:
+        assert summary["mean"][name] == pytest.approx(np.mean([r[name] for r in expected]), abs=2e-3)
+
+    # the public test split has no labels: a clear error, not a crash deep inside the evaluator
+    if not (drive / "test" / "1st_manual").is_dir():
+        with pytest.raises(Exception) as err:
+            _run_bundle("evaluating", [TRAIN, EVALUATE], split="test", eval_dir=str(eval_dir), **common)
+        chain, exc = [], err.value
+        while exc is not None:  # MONAI's config resolver wraps our DriveDatasetError
+            chain.append(f"{type(exc).__name__}: {exc}")
+            exc = exc.__cause__
+        assert any("DriveDatasetError" in c and "no vessel annotation" in c for c in chain), chain
+
+
+def test_real_drive_inference(real_run, tmp_path):
+    drive, out, common, refs = real_run
+    images, masks, one = tmp_path / "images", tmp_path / "masks", tmp_path / "one_image"
+    for d in (images, masks, one):
+        d.mkdir()
+    for cid in REAL_CASES:  # links only: the data never gets copied
+        (images / f"{cid}_training.tif").symlink_to(drive / "training" / "images" / f"{cid}_training.tif")
+        (masks / f"{cid}_training_mask.gif").symlink_to(drive / "training" / "mask" / f"{cid}_training_mask.gif")
+    (one / "21_training.tif").symlink_to(drive / "training" / "images" / "21_training.tif")
+    pred_dir = tmp_path / "pred"
+    _run_bundle("inferring", [TRAIN, INFERENCE], input_dir=str(images), mask_dir=str(masks), infer_dir=str(pred_dir),
+                **common)
+    for cid in REAL_CASES:
+        fov, ref = refs[cid]["fov"], refs[cid]["prob"]
+        vessels = _pil(pred_dir / f"{cid}_training_vessels.png")
+        prob_png = _pil(pred_dir / f"{cid}_training_prob.png")
+        prob_tif = _pil(pred_dir / f"{cid}_training_prob.tif")
+        for arr in (vessels, prob_png, prob_tif):
+            assert arr.shape == fov.shape == (584, 565)  # PIL's (H, W), not transposed
+            assert not arr[~fov].any()  # zero outside the FOV
+        assert set(np.unique(vessels)) <= {0, 255}
+        np.testing.assert_allclose(prob_tif[fov], ref[fov], atol=1e-4)
+        assert np.abs(prob_png.astype(int) - np.round(np.clip(prob_tif, 0, 1) * 255)).max() <= 1
+        agree = ((vessels > 0) == ((ref > 0.5) & fov)).mean()
+        assert agree > 0.999, agree
+
+    # a folder without --mask_dir: the FOV is estimated from the image, nothing is predicted on the black surround
+    pred2 = tmp_path / "pred_nomask"
+    _run_bundle("inferring", [TRAIN, INFERENCE], input_dir=str(one), infer_dir=str(pred2), **common)
+    fov = refs["21"]["fov"]
+    v_est = _pil(pred2 / "21_training_vessels.png") > 0
+    v_ref = _pil(pred_dir / "21_training_vessels.png") > 0
+    assert v_est[~fov].mean() < 1e-3
+    assert (v_est == v_ref).mean() > 0.99
