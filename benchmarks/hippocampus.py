@@ -165,8 +165,13 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     evaluator.run()
     eval_seconds = time.perf_counter() - t0
-    m = evaluator.state.metrics
+    m = dict(evaluator.state.metrics)
     dice = [float(v) for v in m["val_dice_per_class"]]
+    # The same weights with evaluate.json's / inference.json's default left-right mirroring TTA.
+    inferer = parser.get_parsed_content("validate#inferer")
+    inferer.tta_axes = [0]
+    evaluator.run()
+    dice_tta = [float(v) for v in evaluator.state.metrics["val_dice_per_class"]]
     network = parser.get_parsed_content("network")
     torch.save(network.state_dict(), out / "model_benchmark.pt")
     result = {
@@ -180,6 +185,9 @@ def main(argv: list[str] | None = None) -> dict:
         "dice_anterior": round(dice[0], 4),
         "dice_posterior": round(dice[1], 4),
         "mean_dice": round(float(m["val_mean_dice"]), 4),
+        "dice_anterior_tta": round(dice_tta[0], 4),
+        "dice_posterior_tta": round(dice_tta[1], 4),
+        "mean_dice_tta": round(float(evaluator.state.metrics["val_mean_dice"]), 4),
         "eval_seconds": round(eval_seconds, 1),
         "excluded_validation_seconds": round(excluded["val"], 1),
         "history": history,

@@ -208,4 +208,8 @@ def test_isbi_tiff_stack_smoke(isbi_dir, tmp_path):
     back = tifffile.imread(str(tmp_path / "membranes.tif"))
     assert back.shape == ref.shape == (30, 512, 512)
     truth = tifffile.imread(str(isbi_dir / "train-labels.tif")) < 128
-    assert numpy_dice(back > 0, truth) > 0.4  # membranes are dark: even a short training finds most of them
+    dice = numpy_dice(back > 0, truth)
+    print(f"membrane Dice over the stack after 25 iterations: {dice:.3f}")
+    # Calling every pixel membrane scores 2 * 0.22 / 1.22 = 0.36 (membranes are 22 % of the pixels); 25 iterations
+    # give about 0.6 here.
+    assert dice > 0.5

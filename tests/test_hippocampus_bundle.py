@@ -14,7 +14,6 @@ import csv
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
