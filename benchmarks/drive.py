@@ -180,11 +180,12 @@ def main(argv: list[str] | None = None) -> dict:
     print("\n=== DRIVE benchmark (FOV-masked validation Dice) ===")
     print(f"{'epoch':>5} {'iter':>6} {'wall_s':>8} {'cpu_s':>8} {'val_dice':>9} {'val_auc':>8}")
     for r in history:
-        print(f"{r['epoch']:>5} {r['iteration']:>6} {r['wall_s']:>8.1f} {r['cpu_s']:>8.1f} {r.get(key, float('nan')):>9.4f}"
-              f" {r.get('val_auc', float('nan')):>8.4f}")
+        dice, auc = r.get(key, float("nan")), r.get("val_auc", float("nan"))
+        print(f"{r['epoch']:>5} {r['iteration']:>6} {r['wall_s']:>8.1f} {r['cpu_s']:>8.1f} {dice:>9.4f} {auc:>8.4f}")
     for level, hit in reached.items():
-        print(f"Dice >= {level}: " + ("not reached" if hit is None else
-                                      f"after {hit['wall_s']:.0f} s wall ({hit['cpu_s']:.0f} s CPU), epoch {hit['epoch']}"))
+        when = "not reached" if hit is None else (
+            f"after {hit['wall_s']:.0f} s wall ({hit['cpu_s']:.0f} s CPU), epoch {hit['epoch']}")
+        print(f"Dice >= {level}: {when}")
     if best:
         print(f"best val_dice {best[key]:.4f} at epoch {best['epoch']} ({best['wall_s']:.0f} s wall)")
     print(f"results: {out / 'benchmark.json'}")

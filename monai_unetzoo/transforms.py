@@ -14,7 +14,7 @@ Everything else in our pipelines is MONAI's own (``LoadImaged``, ``RandCropByPos
 
 from __future__ import annotations
 
-from typing import Hashable, Mapping, Sequence
+from typing import Hashable, Mapping
 
 import numpy as np
 import torch

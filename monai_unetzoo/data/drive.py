@@ -131,10 +131,8 @@ def build_drive_datalist(
             f"{section}/1st_manual/*_manual1.gif and {section}/mask/*_{section}_mask.gif)."
         )
     image_dir = root / section / "images"
-    case_ids = sorted(
-        (m.group(1) for p in (image_dir.iterdir() if image_dir.is_dir() else ()) if (m := _IMAGE_RE[section].match(p.name))),
-        key=int,
-    )
+    names = [p.name for p in image_dir.iterdir()] if image_dir.is_dir() else []
+    case_ids = sorted((m.group(1) for n in names if (m := _IMAGE_RE[section].match(n))), key=int)
     if not case_ids:
         raise DriveDatasetError(
             f"{root} is not a DRIVE folder: no fundus images {image_dir}/*_{section}.tif "

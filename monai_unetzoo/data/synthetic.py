@@ -170,8 +170,9 @@ def draw_synthetic_fundus(
 
 
 def _params(num_training: int, num_test: int, image_size: Sequence[int], seed: int) -> dict:
-    return {"generator": "monai_unetzoo.data.synthetic", "version": _GENERATOR_VERSION, "num_training": int(num_training),
-            "num_test": int(num_test), "image_size": [int(s) for s in image_size], "seed": int(seed)}
+    return {"generator": "monai_unetzoo.data.synthetic", "version": _GENERATOR_VERSION,
+            "num_training": int(num_training), "num_test": int(num_test),
+            "image_size": [int(s) for s in image_size], "seed": int(seed)}
 
 
 def write_synthetic_drive(
