@@ -501,9 +501,6 @@ def test_peak_memory_has_no_full_volume_copy_per_class(tmp_path):
         p = SlidingWindowPredictor((32, 32, 32), sw_batch_size=1, overlap=0.0, mode="constant", tta_axes=(0,))
         p(x[..., :32, :32, :32], net)  # warm-up: allocator, weight maps, oneDNN primitives
         gc.collect()
-        def rss():
-            with open("/proc/self/statm") as f:
-                return int(f.read().split()[1]) * resource.getpagesize()
         def status_kib(field):
             with open("/proc/self/status") as f:
                 return next(int(line.split()[1]) for line in f if line.startswith(field))
