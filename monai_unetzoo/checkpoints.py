@@ -312,7 +312,8 @@ class AtomicCheckpointSaver(CheckpointSaver):
 
     Same arguments, file names and behaviour as MONAI's ``CheckpointSaver`` (best model by key metric, every N
     epochs/iterations, final/exception); only the save handler of each of its ignite ``Checkpoint`` objects is
-    replaced by an :class:`AtomicDiskSaver`. Writes on rank 0 only, like MONAI's.
+    replaced by an :class:`AtomicDiskSaver`. Writes on rank 0 only, like MONAI's. One difference: an exception raised
+    before the run completed a single iteration does not write the final checkpoint (see :meth:`exception_raised`).
 
     Example (bundle)::
 
@@ -326,6 +327,33 @@ class AtomicCheckpointSaver(CheckpointSaver):
             if ckpt is not None:
                 fixed = getattr(ckpt.save_handler, "filename", None)
                 ckpt.save_handler = AtomicDiskSaver(self.save_dir, filename=fixed)
+        self._iterations_this_run = 0
+
+    def attach(self, engine: Engine) -> None:
+        super().attach(engine)
+        if self._final_checkpoint is not None:
+            engine.add_event_handler(Events.STARTED, self._count_reset)
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self._count_iteration)
+
+    def _count_reset(self, engine: Engine) -> None:
+        self._iterations_this_run = 0
+
+    def _count_iteration(self, engine: Engine) -> None:
+        self._iterations_this_run += 1
+
+    def exception_raised(self, engine: Engine, e: Exception) -> None:
+        """MONAI's final save on an exception, except when this run has not completed a single iteration.
+
+        An exception before the first iteration (e.g. a damaged resume checkpoint raised on ``STARTED``, a data
+        loader failing on its first batch) would otherwise make MONAI overwrite ``model_last.pt`` with weights this
+        run never trained -- the fresh initialisation -- and destroy the previous run's final model.
+        """
+        if self._iterations_this_run == 0:
+            if self.logger is not None:
+                self.logger.info("Exception raised before any iteration of this run: the final checkpoint is not "
+                                 "written (an existing file is kept).")
+            raise e
+        super().exception_raised(engine, e)
 
 
 class ResumeCheckpointSaver:

@@ -255,3 +255,98 @@ def test_two_process_gloo_training_through_torchrun(tmp_path):
         assert torch.equal(states[r]["torch"], info[r]["torch_rng"])
     # only rank 0 logged the training loss (StatsHandler is rank-0 only): 4 iterations x 2 epochs
     assert log.count("train_loss:") == 8
+
+
+# ------------------------------------------------------------------------ the repository's bundles under torchrun
+#: Test-only overrides merged after the repository's train.json + multi_gpu_train.json: each rank gets its own
+#: output folder (to see which rank wrote what) and dumps its initial/final weights and what it saw.
+REPO_BUNDLE_TEST_OVERRIDES = {
+    "output_dir": "$@out_root + '/rank' + os.environ['RANK']",
+    "out_root": "out",
+    "training": [
+        "$torch.save({k: v.detach().clone() for k, v in @network.module.state_dict().items()}, "
+        "@output_dir + '/initial_weights.pt')",
+        "$@train#trainer.run()",
+        "$torch.save({k: v.detach().clone() for k, v in @network.module.state_dict().items()}, "
+        "@output_dir + '/final_weights.pt')",
+        "$torch.save({'world_size': torch.distributed.get_world_size(), 'backend': torch.distributed.get_backend(), "
+        "'ddp': isinstance(@network, torch.nn.parallel.DistributedDataParallel), "
+        "'val_cases': torch.tensor(list(iter(@validate#sampler))), "
+        "'best_metric': torch.tensor(float(@validate#evaluator.state.best_metric))}, @output_dir + '/info.pt')",
+    ],
+}
+
+
+def _run_repo_bundle_ddp(tmp_path: Path, bundle: str, *overrides: str) -> tuple[Path, str]:
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
+    assert torchrun, "torchrun not found next to the python executable"
+    test_cfg = tmp_path / "test_only.json"
+    test_cfg.write_text(json.dumps(REPO_BUNDLE_TEST_OVERRIDES, indent=1))
+    out = tmp_path / "out"
+    configs = [str(REPO_ROOT / "bundles" / bundle / "train.json"),
+               str(REPO_ROOT / "bundles" / bundle / "multi_gpu_train.json"), str(test_cfg)]
+    cmd = [torchrun, "--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run", "training",
+           "--config_file", str(configs), "--out_root", str(out), "--num_workers", "0", "--num_threads", "1",
+           *overrides]
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-4000:]
+    return out, log
+
+
+def _tiny_drive(root: Path) -> list[str]:
+    from monai_unetzoo.data import write_synthetic_drive
+
+    data = write_synthetic_drive(root, num_training=5, num_test=1, image_size=(64, 64), seed=0)
+    # 5 images: 2 validation (val_fraction 0.4) + 3 training; DistributedSampler pads the 3 to 4 -> 2 per rank,
+    # 1 image per batch -> 2 iterations per epoch (a single process would run 3)
+    return ["--dataset_dir", str(data), "--val_fraction", "0.4", "--images_per_batch", "1", "--passes_per_epoch", "1",
+            "--patch_size", "[32,32]"]
+
+
+def _tiny_hippocampus(root: Path) -> list[str]:
+    from monai_unetzoo.data.msd import write_synthetic_msd_hippocampus
+
+    data = write_synthetic_msd_hippocampus(root, num_training=6, num_test=1, shape=(20, 20, 20), seed=0)
+    # 6 volumes: 2 validation (val_fraction 0.34) + 4 training -> 2 per rank, batch 1 -> 2 iterations per epoch
+    return ["--dataset_dir", str(data), "--val_fraction", "0.34", "--batch_size", "1", "--patch_size", "[16,16,16]"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bundle", ["drive", "hippocampus"])
+def test_repo_bundle_two_processes_through_torchrun(tmp_path, bundle):
+    """bundles/<bundle>/train.json + multi_gpu_train.json on 2 CPU processes (gloo), tiny synthetic data."""
+    data_args = (_tiny_drive if bundle == "drive" else _tiny_hippocampus)(tmp_path / "data")
+    out, log = _run_repo_bundle_ddp(tmp_path, bundle, *data_args, "--epochs", "2", "--val_interval", "1")
+    ranks = [out / "rank0", out / "rank1"]
+    info = [torch.load(r / "info.pt", weights_only=True) for r in ranks]
+    assert [i["world_size"] for i in info] == [2, 2] and [i["backend"] for i in info] == ["gloo", "gloo"]
+    assert all(i["ddp"] for i in info)
+    # validation: the 2 cases split between the ranks, the gathered best metric is the same on both
+    assert sorted(info[0]["val_cases"].tolist() + info[1]["val_cases"].tolist()) == [0, 1]
+    assert info[0]["best_metric"] == info[1]["best_metric"]
+
+    init = [load_checkpoint_file(r / "initial_weights.pt") for r in ranks]
+    final = [load_checkpoint_file(r / "final_weights.pt") for r in ranks]
+    for k in final[0]:
+        assert torch.equal(init[0][k], init[1][k]), k  # DDP broadcast rank 0's initial weights
+        assert torch.equal(final[0][k], final[1][k]), k  # identical after training
+    assert any(not torch.equal(final[0][k], init[0][k]) for k in final[0])  # and they trained
+
+    # checkpoints: rank 0 wrote all three, rank 1 none (it attaches the resume saver, which writes on rank 0 only)
+    assert {p.name for p in ranks[0].glob("*.pt")} == {"model.pt", "model_last.pt", "resume.pt", "info.pt",
+                                                        "initial_weights.pt", "final_weights.pt"}
+    assert {p.name for p in ranks[1].glob("*.pt")} == {"info.pt", "initial_weights.pt", "final_weights.pt"}
+    last = load_checkpoint_file(ranks[0] / "model_last.pt")["model"]
+    assert all(torch.equal(last[k], final[0][k]) for k in final[0])  # DDP's "module." prefix unwrapped
+    resume = load_checkpoint_file(ranks[0] / "resume.pt")
+    assert resume["trainer"] == {"epoch_length": 2, "iteration": 4, "max_epochs": 2}
+    assert len(resume["rng"]["ranks"]) == 2 and not torch.equal(resume["rng"]["ranks"][0]["torch"],
+                                                                 resume["rng"]["ranks"][1]["torch"])
+    # logging and TensorBoard are rank 0's: rank 1 logged no training loss, its TensorBoard writers (created with
+    # the handlers, then dropped by handlers_for_rank) hold only the file header
+    assert log.count("train_loss:") == 4  # 2 iterations x 2 epochs, rank 0 only
+    assert "train_loss" not in (ranks[1] / "train_log_rank1.txt").read_text()
+    assert all(f.stat().st_size < 100 for f in (ranks[1] / "tensorboard").iterdir())
+    assert any(f.stat().st_size > 100 for f in (ranks[0] / "tensorboard").iterdir())

@@ -3,7 +3,8 @@
 Each synthetic case below carries exactly one known defect (by construction); the tests check that the error
 lists exactly those ``(file, problem)`` pairs -- nothing for the good files -- in the Python API, the command line,
 and through ``python -m monai.bundle run`` of a small training bundle that validates in its ``initialize`` step
-(non-zero exit, training never starts); the same bundle trains on the clean cases.
+(non-zero exit, training never starts); the repository's bundles are run on bad data in
+``test_bundle_robustness.py``.
 """
 
 from __future__ import annotations
@@ -247,9 +248,7 @@ def bundle_config() -> dict:
 @pytest.mark.slow
 def test_bundle_command_reports_every_problem_and_exits_non_zero(tmp_path):
     items, expected = make_cases(tmp_path / "data")
-    good = [{"image": it["image"], "label": it["label"]} for it in items[:1]] * 2  # no ignore value: CE-safe
     (tmp_path / "bad.json").write_text(json.dumps(items))
-    (tmp_path / "good.json").write_text(json.dumps(good))
     (tmp_path / "train.json").write_text(json.dumps(bundle_config(), indent=1))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
 
@@ -259,9 +258,8 @@ def test_bundle_command_reports_every_problem_and_exits_non_zero(tmp_path):
         return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
 
-    bad, ok = start("bad.json"), start("good.json")
+    bad = start("bad.json")
     bad_out, bad_err = bad.communicate(timeout=300)
-    ok_out, ok_err = ok.communicate(timeout=300)
 
     assert bad.returncode == 2
     assert "TRAINING DONE" not in bad_out and "train_loss" not in bad_out + bad_err  # training never started
@@ -274,9 +272,8 @@ def test_bundle_command_reports_every_problem_and_exits_non_zero(tmp_path):
         assert any(where in ln and text in ln for ln in tail[1:]), f"{where}: {text} not in the bundle's error"
     file_lines = [ln for ln in tail[1:] if ln.startswith(f"  {tmp_path}")]
     assert len(file_lines) == len(expected) - 1  # all but the case without a label entry start with the file
-
-    assert ok.returncode == 0, ok_err[-3000:]
-    assert "TRAINING DONE" in ok_out
+    # (that clean data passes the check inside a bundle run and trains is shown by the repository bundles' runs on
+    # synthetic data in test_bundle_robustness.py and test_distributed.py)
 
 
 def test_real_hippocampus_cases_pass(hippocampus_dir):
