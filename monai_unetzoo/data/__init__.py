@@ -1,4 +1,4 @@
-"""Data sets: DRIVE datalists, the synthetic DRIVE-layout generator used as the bundles' default."""
+"""Data sets: DRIVE and MSD (Task04 hippocampus) datalists, and the synthetic generators used as the bundles' defaults."""
 
 from __future__ import annotations
 
@@ -17,23 +17,41 @@ from .drive import (
     resolve_drive_dataset_dir,
     split_drive_cases,
 )
+from .msd import (
+    MSD_SYNTHETIC_SENTINEL,
+    MSDDatasetError,
+    build_msd_datalist,
+    msd_datalists,
+    resolve_msd_dataset_dir,
+    split_msd_cases,
+    volume_inference_datalist,
+    write_synthetic_msd_hippocampus,
+)
 from .synthetic import SYNTHETIC_MARKER, draw_synthetic_fundus, write_synthetic_drive
 
 __all__ = [
     "DRIVE_KEYS",
     "DRIVE_LOADER_KWARGS",
     "DRIVE_SECTIONS",
+    "MSD_SYNTHETIC_SENTINEL",
+    "MSDDatasetError",
     "SYNTHETIC_MARKER",
     "SYNTHETIC_SENTINEL",
     "DriveDatasetError",
     "build_drive_datalist",
+    "build_msd_datalist",
     "default_bundle_root",
     "draw_synthetic_fundus",
     "drive_case_paths",
     "drive_datalists",
     "inference_datalist",
     "labelled_split",
+    "msd_datalists",
+    "resolve_msd_dataset_dir",
     "resolve_drive_dataset_dir",
     "split_drive_cases",
+    "split_msd_cases",
+    "volume_inference_datalist",
     "write_synthetic_drive",
+    "write_synthetic_msd_hippocampus",
 ]

@@ -30,6 +30,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .generated import log_synthetic_data_banner
+
 __all__ = [
     "DRIVE_KEYS",
     "DRIVE_LOADER_KWARGS",
@@ -273,14 +275,10 @@ def resolve_drive_dataset_dir(
 
         out = write_synthetic_drive(synthetic_dir, num_training=num_training, num_test=num_test,
                                     image_size=image_size, seed=seed)
-        bar = "#" * 100
-        logger.warning(
-            "\n%s\n# SYNTHETIC DATA: dataset_dir was left at its default %r, so this run uses a small GENERATED data\n"
-            "# set (%d training + %d test images of %dx%d pixels, random vessel trees) written to %s.\n"
-            "# Results on it say nothing about retinal vessel segmentation. Train on real DRIVE with\n"
-            "#   --dataset_dir /path/to/DRIVE\n%s",
-            bar, SYNTHETIC_SENTINEL, num_training, num_test, image_size[0], image_size[1], out, bar,
-        )
+        log_synthetic_data_banner(
+            logger, SYNTHETIC_SENTINEL,
+            f"{num_training} training + {num_test} test images of {image_size[0]}x{image_size[1]} pixels, "
+            "random vessel trees", out, "retinal vessel segmentation", "/path/to/DRIVE")
         return str(out)
     root = Path(dataset_dir).expanduser().resolve()
     build_drive_datalist(root, "training", validate=False)  # raises a DriveDatasetError listing what is missing

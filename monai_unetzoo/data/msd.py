@@ -26,11 +26,17 @@ import json
 import logging
 import math
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from .generated import (
+    generation_scratch_folder,
+    log_synthetic_data_banner,
+    publish_generated_folder,
+    reuse_or_clear_generated_folder,
+)
 
 __all__ = [
     "MSD_SYNTHETIC_SENTINEL",
@@ -379,26 +385,9 @@ def write_synthetic_msd_hippocampus(
 
     root = Path(root).expanduser().resolve()
     params = _synthetic_params(num_training, num_test, shape, seed)
-    marker = root / MSD_SYNTHETIC_MARKER
-    if root.exists():
-        if marker.is_file():
-            try:
-                same = json.loads(marker.read_text()) == params
-            except (OSError, ValueError):
-                same = False
-            if same and not overwrite:
-                return root
-            shutil.rmtree(root)
-        elif any(root.iterdir()):
-            raise FileExistsError(
-                f"{root} exists, is not empty and holds no {MSD_SYNTHETIC_MARKER}: refusing to write synthetic data there."
-            )
-        else:
-            root.rmdir()
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    if reuse_or_clear_generated_folder(root, MSD_SYNTHETIC_MARKER, params, overwrite):
+        return root
+    tmp = generation_scratch_folder(root)
     for sub in ("imagesTr", "labelsTr", "imagesTs"):
         (tmp / sub).mkdir(parents=True)
     rng = np.random.default_rng(seed)
@@ -429,13 +418,7 @@ def write_synthetic_msd_hippocampus(
         "test": test,
     }
     (tmp / "dataset.json").write_text(json.dumps(dataset, indent=2))
-    (tmp / MSD_SYNTHETIC_MARKER).write_text(json.dumps(params, indent=2))
-    try:
-        os.rename(tmp, root)
-    except OSError:  # another process renamed its copy into place first: keep that one if it matches
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (marker.is_file() and json.loads(marker.read_text()) == params):
-            raise
+    publish_generated_folder(tmp, root, MSD_SYNTHETIC_MARKER, params)
     logger.info("wrote a synthetic MSD-layout hippocampus data set to %s (%s)", root, params)
     return root
 
@@ -460,14 +443,10 @@ def resolve_msd_dataset_dir(
     if str(dataset_dir) == MSD_SYNTHETIC_SENTINEL:
         out = write_synthetic_msd_hippocampus(synthetic_dir, num_training=num_training, num_test=num_test,
                                               shape=shape, seed=seed)
-        bar = "#" * 100
-        logger.warning(
-            "\n%s\n# SYNTHETIC DATA: dataset_dir was left at its default %r, so this run uses a small GENERATED data\n"
-            "# set (%d training + %d test volumes of about %s voxels, ellipsoid 'hippocampi') written to %s.\n"
-            "# Results on it say nothing about hippocampus segmentation. Train on MSD Task04 with\n"
-            "#   --dataset_dir /path/to/Task04_Hippocampus\n%s",
-            bar, MSD_SYNTHETIC_SENTINEL, num_training, num_test, "x".join(str(s) for s in shape), out, bar,
-        )
+        log_synthetic_data_banner(
+            logger, MSD_SYNTHETIC_SENTINEL,
+            f"{num_training} training + {num_test} test volumes of about {'x'.join(str(v) for v in shape)} voxels, "
+            "ellipsoid 'hippocampi'", out, "hippocampus segmentation", "/path/to/Task04_Hippocampus")
         return str(out)
     root = Path(dataset_dir).expanduser().resolve()
     build_msd_datalist(root, "training", validate=False)  # raises an MSDDatasetError listing what is missing

@@ -17,15 +17,19 @@ MONAI has no such generator (``monai.data.synthetic`` draws random circles/spher
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import shutil
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from .generated import (
+    generation_scratch_folder,
+    publish_generated_folder,
+    reuse_or_clear_generated_folder,
+)
 
 __all__ = ["draw_synthetic_fundus", "write_synthetic_drive", "SYNTHETIC_MARKER"]
 
@@ -197,27 +201,11 @@ def write_synthetic_drive(
     """
     root = Path(root).expanduser().resolve()
     params = _params(num_training, num_test, image_size, seed)
-    marker = root / SYNTHETIC_MARKER
-    if root.exists():
-        if marker.is_file():
-            try:
-                same = json.loads(marker.read_text()) == params
-            except (OSError, ValueError):
-                same = False
-            if same and not overwrite:
-                return root
-            shutil.rmtree(root)
-        elif any(root.iterdir()):
-            raise FileExistsError(
-                f"{root} exists, is not empty and holds no {SYNTHETIC_MARKER}: refusing to write synthetic data there."
-            )
-        else:
-            root.rmdir()
+    if reuse_or_clear_generated_folder(root, SYNTHETIC_MARKER, params, overwrite):
+        return root
     from PIL import Image
 
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    tmp = generation_scratch_folder(root)
     rng = np.random.default_rng(seed)
     sections = (("training", [f"{21 + i:02d}" for i in range(num_training)]),
                 ("test", [f"{1 + i:02d}" for i in range(num_test)]))
@@ -232,12 +220,6 @@ def write_synthetic_drive(
             gif = {"format": "GIF", "optimize": False}
             Image.fromarray(label, mode="L").save(tmp / section / "1st_manual" / f"{cid}_manual1.gif", **gif)
             Image.fromarray(fov, mode="L").save(tmp / section / "mask" / f"{cid}_{section}_mask.gif", **gif)
-    (tmp / SYNTHETIC_MARKER).write_text(json.dumps(params, indent=2))
-    try:
-        os.rename(tmp, root)
-    except OSError:  # another process renamed its copy into place first: keep that one if it matches
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not (marker.is_file() and json.loads(marker.read_text()) == params):
-            raise
+    publish_generated_folder(tmp, root, SYNTHETIC_MARKER, params)
     logger.info("wrote a synthetic DRIVE-layout data set to %s (%s)", root, params)
     return root
