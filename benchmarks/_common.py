@@ -57,6 +57,17 @@ def peak_rss_bytes() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
+def cpu_name() -> str:
+    """The CPU model (``/proc/cpuinfo``'s "model name" on Linux), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
 def machine_info(device: torch.device) -> dict[str, Any]:
     from monai_unetzoo.inference import cpu_has_native_bf16
 
@@ -64,7 +75,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "device": str(device),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "cpu_native_bf16": cpu_has_native_bf16(),
         "loadavg_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,

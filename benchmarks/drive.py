@@ -107,6 +107,9 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from monai.bundle import ConfigParser
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import cpu_name  # after the affinity/thread settings: _common imports torch
+
     torch.set_num_threads(max(1, args.cores))
     start_wall, start_cpu = time.perf_counter(), _cpu_seconds()
 
@@ -173,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict:
         "recipe_name": "baseline (issue's reference)" if args.baseline else "bundle default",
         "total_wall_s": round(time.perf_counter() - start_wall, 1), "total_cpu_s": round(_cpu_seconds() - start_cpu, 1),
         "iterations": trainer.state.iteration, "recipe": recipe, "history": history, "reached": reached, "best": best,
-        "torch": torch.__version__, "cpu": _cpu_name(),
+        "torch": torch.__version__, "cpu": cpu_name(),
         "note": "validation = the held-out training images of the split (DRIVE test annotations are not public)",
     }
     (out / "benchmark.json").write_text(json.dumps(result, indent=2, default=str))
@@ -190,18 +193,6 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"best val_dice {best[key]:.4f} at epoch {best['epoch']} ({best['wall_s']:.0f} s wall)")
     print(f"results: {out / 'benchmark.json'}")
     return result
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

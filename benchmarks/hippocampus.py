@@ -31,7 +31,6 @@ import json
 import logging
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -63,16 +62,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.pin and hasattr(os, "sched_setaffinity"):
@@ -81,6 +70,9 @@ def main(argv: list[str] | None = None) -> dict:
     from ignite.engine import Events
     from monai.bundle import ConfigParser
     from monai.utils import set_determinism
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import cpu_name  # after the affinity setting: _common imports torch
 
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout)
