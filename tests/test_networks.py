@@ -197,3 +197,56 @@ def test_config_resolution_by_short_and_full_name(name, target_form):
     net = parser.get_parsed_content("net")
     assert type(net) is cls
     assert net.spatial_dims == 3 and net.features == TINY
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_channels_last_instance_norm_equals_torch_instance_norm(spatial_dims, channels_last):
+    """Same outputs, input gradients and state-dict keys as nn.InstanceNormNd(affine=True) in both memory formats,
+    with and without autograd (the no-grad channels-last path is group_norm), and the output keeps the input's
+    memory format (the reason the module exists)."""
+    from monai_unetzoo.networks.blocks import ChannelsLastInstanceNorm
+
+    torch.manual_seed(0)
+    reference = (torch.nn.InstanceNorm2d if spatial_dims == 2 else torch.nn.InstanceNorm3d)(6, affine=True)
+    with torch.no_grad():
+        reference.weight.normal_()
+        reference.bias.normal_()
+    ours = ChannelsLastInstanceNorm(6)
+    ours.load_state_dict(reference.state_dict())  # strict: same keys
+    fmt = torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
+    x = (torch.randn(3, 6, *([7] * spatial_dims)) * 4 + 2).contiguous(
+        memory_format=fmt if channels_last else torch.contiguous_format
+    )
+    x_ref, x_ours = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y_ref, y_ours = reference(x_ref), ours(x_ours)
+    grad = torch.randn_like(y_ref)
+    y_ref.backward(grad)
+    y_ours.backward(grad)
+    torch.testing.assert_close(y_ours, y_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(x_ours.grad, x_ref.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.weight.grad, reference.weight.grad, atol=1e-4, rtol=1e-5)
+    with torch.no_grad():
+        y_ours_no_grad = ours(x)
+    torch.testing.assert_close(y_ours_no_grad, y_ref.detach(), atol=1e-5, rtol=1e-5)
+    if channels_last:
+        assert y_ours_no_grad.is_contiguous(memory_format=fmt)
+
+
+def test_networks_swap_only_instance_norms_without_running_stats():
+    """'instance' norms become ChannelsLastInstanceNorm (affine or not); batch norm and instance norm with running
+    statistics stay PyTorch's modules."""
+    from monai_unetzoo.networks.blocks import ChannelsLastInstanceNorm
+
+    def norm_types(net):
+        return {type(m).__name__ for m in net.modules() if "Norm" in type(m).__name__}
+
+    inst = ResUNet(3, 1, 2, features=(4, 8), norm=("instance", {"affine": True}))
+    assert norm_types(inst) == {"ChannelsLastInstanceNorm"}
+    assert all(m.affine for m in inst.modules() if isinstance(m, ChannelsLastInstanceNorm))
+    plain = UNetPlusPlus(2, 1, 2, features=(4, 8, 16), norm="instance")
+    assert norm_types(plain) == {"ChannelsLastInstanceNorm"}
+    assert not any(m.affine for m in plain.modules() if isinstance(m, ChannelsLastInstanceNorm))
+    assert norm_types(ClassicUNet(2, 1, 2, features=(4, 8), norm="batch")) == {"BatchNorm2d"}
+    tracked = ClassicUNet(2, 1, 2, features=(4, 8), norm=("instance", {"track_running_stats": True}))
+    assert norm_types(tracked) == {"InstanceNorm2d"}

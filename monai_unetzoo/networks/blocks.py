@@ -22,6 +22,8 @@ from monai.networks.layers.factories import Pool
 from monai.networks.layers.utils import get_act_layer
 
 __all__ = [
+    "ChannelsLastInstanceNorm",
+    "use_channels_last_instance_norm",
     "DoubleConv",
     "ResidualConvBlock",
     "UNetDownBlock",
@@ -59,6 +61,67 @@ def pad_to_match(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return F.pad(x, pads)
 
 
+class ChannelsLastInstanceNorm(nn.Module):
+    """Instance normalisation (Ulyanov et al. 2016) that keeps its speed on channels-last CPU tensors.
+
+    Shapes: (B, C, S) -> (B, C, S), in the input's dtype and memory format. The numbers are those of
+    ``nn.InstanceNorm{1,2,3}d(C, affine=...)`` without running statistics (each channel of each sample normalised
+    over its spatial extent, then ``weight * x + bias``), and so are the state-dict keys (``weight``, ``bias``), so
+    checkpoints move freely between the two.
+
+    Why not PyTorch's module: at inference its CPU ``instance_norm`` reshapes the input to a (1, B*C, S) batch norm,
+    which copies a channels-last tensor to channels-first and back around every normalisation. ``group_norm`` with
+    one group per channel is the same normalisation and has a native channels-last CPU kernel: measured on this
+    project's CPU (2 threads, 4 x 16 x 40x56x40) 3.3 ms ``instance_norm`` vs 1.7 ms ``group_norm`` in bf16 and
+    9.0 vs 1.6 ms in fp32, which makes the hippocampus bundle's 3D ResUNet forward about 30 % faster. Its backward,
+    however, is 4x SLOWER than ``instance_norm``'s on channels-last bf16 (62 vs 16 ms), so ``group_norm`` is used only
+    when no gradient is recorded (``torch.no_grad``/``inference_mode``) on a channels-last CPU tensor; training,
+    channels-first tensors and other devices keep ``instance_norm``.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True):
+        super().__init__()
+        self.num_features = int(num_features)
+        self.eps = float(eps)
+        self.affine = bool(affine)
+        if self.affine:
+            self.weight = nn.Parameter(torch.ones(self.num_features))
+            self.bias = nn.Parameter(torch.zeros(self.num_features))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Written for TorchScript too (no tuple membership, no memory-format variables).
+        if x.device.type == "cpu" and not torch.is_grad_enabled() and not x.is_contiguous():
+            if (x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d)) or (
+                x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+            ):
+                return F.group_norm(x, self.num_features, self.weight, self.bias, self.eps)
+        return F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, affine={self.affine}"
+
+
+def use_channels_last_instance_norm(module: nn.Module) -> nn.Module:
+    """Replace, in place, every ``nn.InstanceNorm{1,2,3}d`` without running statistics in ``module`` by a
+    :class:`ChannelsLastInstanceNorm` holding the same parameters; returns ``module``.
+
+    Instance norms that track running statistics (which use them in eval mode) are left as they are.
+    """
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.modules.instancenorm._InstanceNorm) and not child.track_running_stats:
+            replacement = ChannelsLastInstanceNorm(child.num_features, eps=child.eps, affine=child.affine)
+            if child.affine:
+                replacement.weight = child.weight
+                replacement.bias = child.bias
+            setattr(module, name, replacement)
+        else:
+            use_channels_last_instance_norm(child)
+    return module
+
+
 class DoubleConv(nn.Sequential):
     """Two 3x3(x3) convolutions, each followed by normalisation, dropout and activation.
 
@@ -89,6 +152,7 @@ class DoubleConv(nn.Sequential):
             "conv_1",
             Convolution(spatial_dims, mid, out_channels, kernel_size=3, act=act, norm=norm, dropout=dropout, bias=bias),
         )
+        use_channels_last_instance_norm(self)
 
 
 class ResidualConvBlock(nn.Module):
@@ -126,6 +190,7 @@ class ResidualConvBlock(nn.Module):
         else:
             self.shortcut = nn.Identity()
         self.act = get_act_layer(act)
+        use_channels_last_instance_norm(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.conv_1(self.conv_0(x)) + self.shortcut(x))
