@@ -108,7 +108,12 @@ def run_worker(spec: dict) -> dict:
     import torch
     from monai.inferers import SlidingWindowInferer, sliding_window_inference
 
-    from monai_unetzoo.inference import SlidingWindowPredictor, cpu_has_native_bf16, resolve_autocast_dtype
+    from monai_unetzoo.inference import (
+        SlidingWindowPredictor,
+        channels_last_network,
+        cpu_has_native_bf16,
+        resolve_autocast_dtype,
+    )
 
     torch.set_num_threads(spec["threads"])
     x = _load_volume(spec)
@@ -135,6 +140,7 @@ def run_worker(spec: dict) -> dict:
         amp_dtype = resolve_autocast_dtype(amp, "cpu")
         predictor = SlidingWindowPredictor(roi, amp=amp, tta_axes=tta)
         warm = SlidingWindowPredictor(roi, amp=amp)  # same kernels, without the TTA repeats
+        channels_last_network(net)  # as the bundles and the batch CLI build it (MONAI's rows keep PyTorch's default)
 
         def call(inp, _p=predictor):
             return _p(inp, net)

@@ -78,7 +78,7 @@ def run_child(spec: dict) -> dict:
     import torch
     from monai.inferers import sliding_window_inference
 
-    from monai_unetzoo.inference import SlidingWindowPredictor, resolve_autocast_dtype
+    from monai_unetzoo.inference import SlidingWindowPredictor, channels_last_network, resolve_autocast_dtype
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
@@ -114,6 +114,7 @@ def run_child(spec: dict) -> dict:
         amp = "auto" if cfg == "ours-amp" else None
         amp_dtype = resolve_autocast_dtype(amp, device)
         predictor = SlidingWindowPredictor(roi, amp=amp)
+        channels_last_network(net)  # as the bundles and the batch CLI build it (MONAI's rows keep PyTorch's default)
 
         def call():
             return predictor(x, net)

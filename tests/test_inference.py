@@ -27,6 +27,7 @@ from monai.networks.nets import UNet
 
 from monai_unetzoo.inference import (
     SlidingWindowPredictor,
+    channels_last_network,
     cpu_has_native_bf16,
     mirror_axis_combinations,
     resolve_autocast_dtype,
@@ -525,3 +526,45 @@ def test_peak_memory_has_no_full_volume_copy_per_class(tmp_path):
     print(f"peak RSS growth {growth / 2**20:.1f} MiB, accumulator {acc_bytes / 2**20:.1f} MiB")
     assert growth < budget, f"peak grew by {growth / 2**20:.0f} MiB, budget {budget / 2**20:.0f} MiB"
     assert growth > acc_bytes * 0.9  # sanity: the measurement sees the accumulator itself
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_channels_last_network_changes_layout_not_values(spatial_dims):
+    """Every conv weight becomes channels-last (2D: channels_last, 3D: channels_last_3d), the module is the same object,
+    and its output is the same as before (fp32, tolerance of a different summation order)."""
+    from monai_unetzoo.networks import ResUNet
+
+    torch.manual_seed(0)
+    net = ResUNet(spatial_dims, 1, 3, features=(4, 8)).eval()
+    x = torch.randn(1, 1, *([16] * spatial_dims))
+    with torch.no_grad():
+        before = net(x)
+    fmt = torch.channels_last if spatial_dims == 2 else torch.channels_last_3d
+    assert channels_last_network(net) is net
+    weights = [p for p in net.parameters() if p.dim() == spatial_dims + 2]
+    assert weights and all(p.is_contiguous(memory_format=fmt) for p in weights)
+    assert any(not p.is_contiguous() for p in weights)  # really changed (not only ambiguous 1-channel weights)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), before, atol=1e-5, rtol=1e-5)
+
+
+def test_predictor_warns_once_about_channels_first_weights():
+    """Channels-last windows with channels-first conv weights: one warning naming the fix; none once the network is
+    channels-last or when the predictor runs channels-first windows."""
+    x = torch.randn(1, 1, 24, 24, 24)
+    net = tiny_unet()
+    predictor = SlidingWindowPredictor(ROI)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        predictor(x, net)
+        predictor(x, net)
+    messages = [str(w.message) for w in caught if "channels-first" in str(w.message)]
+    assert len(messages) == 1 and "channels_last_network" in messages[0]
+    for quiet_predictor, quiet_net in [
+        (SlidingWindowPredictor(ROI), channels_last_network(tiny_unet())),
+        (SlidingWindowPredictor(ROI, channels_last=False), tiny_unet()),
+    ]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            quiet_predictor(x, quiet_net)
+        assert not [w for w in caught if "channels-first" in str(w.message)]

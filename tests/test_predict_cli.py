@@ -8,6 +8,7 @@ must actually be loaded.
 
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import json
@@ -27,6 +28,7 @@ from PIL import Image
 from test_volume_io import ROT, label_map, write_dicom_series
 
 from monai_unetzoo.cli import main
+from monai_unetzoo.inference import channels_last_network
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -377,9 +379,11 @@ def _tiny_unet_bundle(root: Path, spatial_dims: int, in_channels: int) -> tuple[
 
 def _reference_2d(net: torch.nn.Module, rgb_hw3: np.ndarray) -> np.ndarray:
     """Independent reference: PIL's (H, W, 3) -> (1, 3, W, H) like MONAI, min-max scaled, whole-image forward,
-    argmax, back to (H, W)."""
+    argmax, back to (H, W). Weights and input in channels-last as the CLI runs them (``channels_last_network``):
+    another memory format sums in another order, which flips a few near-tied pixels of this random network."""
     x = torch.as_tensor(rgb_hw3.astype(np.float32)).permute(2, 1, 0)[None]
-    x = (x - x.min()) / (x.max() - x.min())
+    x = ((x - x.min()) / (x.max() - x.min())).contiguous(memory_format=torch.channels_last)
+    net = channels_last_network(copy.deepcopy(net))
     with torch.no_grad():
         return net(x)[0].argmax(0).numpy().T
 
