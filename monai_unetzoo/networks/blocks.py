@@ -74,10 +74,9 @@ class ChannelsLastInstanceNorm(nn.Module):
     one group per channel is the same normalisation and has a native channels-last CPU kernel: measured on this
     project's CPU (2 threads, 2 x 16 x 40x56x40) 3.3 ms ``instance_norm`` vs 1.7 ms ``group_norm`` in bf16 and
     9.0 vs 1.6 ms in fp32, which makes the hippocampus bundle's bf16 prediction 18 % faster per case
-    (``benchmarks/RESULTS.md``). Its backward,
-    however, is 4x SLOWER than ``instance_norm``'s on channels-last bf16 (62 vs 16 ms), so ``group_norm`` is used only
-    when no gradient is recorded (``torch.no_grad``/``inference_mode``) on a channels-last CPU tensor; training,
-    channels-first tensors and other devices keep ``instance_norm``.
+    (``benchmarks/RESULTS.md``). Its backward, however, is 4x SLOWER than ``instance_norm``'s on channels-last bf16
+    (62 vs 16 ms), so ``group_norm`` is used only when no gradient is recorded (``torch.no_grad``/``inference_mode``)
+    on a channels-last CPU tensor; training, channels-first tensors and other devices keep ``instance_norm``.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True):
