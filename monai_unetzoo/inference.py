@@ -261,9 +261,9 @@ def channels_last_network(network: nn.Module) -> nn.Module:
 
     Why: :class:`SlidingWindowPredictor` feeds windows in channels-last, and oneDNN convolutions then run end to end
     in NDHWC only when the weights are channels-last as well; with channels-first weights every layer converts.
-    Measured on ``example_ct`` (122x101x112, ROI 96^3, bf16, 2 CPU threads, our ResUNet 16..128, untrained):
-    7.85 s with channels-first weights, 3.56 s with channels-last weights (``sw_batch_size`` 4); UNet++ 11.3 s vs
-    6.5 s (``benchmarks/RESULTS.md``). The bundles build their networks this way (``network_memory_format``); the
+    Measured with ``benchmarks/sliding_window.py --threads 2 --features 16 32 64 128`` (ROI 96^3, bf16, 2 CPU
+    threads) before and after its predictor rows used this: example_ct ResUNet 8.31 -> 4.90 s, UNet++ 11.26 ->
+    6.72 s; the 256x256x128 volume ResUNet 48.4 -> 24.6 s (``benchmarks/RESULTS.md``). The bundles build their networks this way (``network_memory_format``); the
     batch CLI calls this after loading a checkpoint.
     """
     dims = {p.dim() for p in network.parameters() if p.dim() in (4, 5)}
@@ -321,7 +321,7 @@ class SlidingWindowPredictor(SlidingWindowInferer):
         channels_last: feed windows in channels-last memory format (faster oneDNN/cuDNN convolutions; no effect on
             values beyond floating-point summation order). Put the network's weights in channels-last as well
             (:func:`channels_last_network`; the bundles and the batch CLI do): mixed formats convert at every layer
-            and were 2.2x slower on CPU. The predictor does not change your module; it warns once when the formats
+            and were 1.7-2.0x slower on CPU. The predictor does not change your module; it warns once when the formats
             differ.
         eval_mode: put an ``nn.Module`` network in eval mode for the call and restore each submodule's
             ``training`` flag afterwards (so dropout is off, batch norm uses running statistics and UNet++ returns its
@@ -457,7 +457,7 @@ class SlidingWindowPredictor(SlidingWindowInferer):
             self._warned_channels_first = True
             warnings.warn(
                 "SlidingWindowPredictor(channels_last=True) got a network with channels-first convolution weights:"
-                " every layer then converts memory formats (measured 2.2x slower on CPU). Call"
+                " every layer then converts memory formats (measured 1.7-2.0x slower on CPU). Call"
                 " monai_unetzoo.inference.channels_last_network(network) once, or pass channels_last=False.",
                 stacklevel=2,
             )
