@@ -155,9 +155,19 @@ def init_ddp(backend: str = "auto", timeout_s: float | None = None) -> torch.dev
     return device
 
 
-def cleanup_ddp() -> None:
-    """Destroy the default process group if one exists (for a bundle's ``finalize``)."""
+def cleanup_ddp(barrier: bool = True) -> None:
+    """Wait for every rank, then destroy the default process group, if one exists (for a bundle's ``finalize``).
+
+    Why the barrier: ranks finish at different times (rank 0 still writes checkpoints while the others are done),
+    and a gloo rank that tears down its process group and exits while collective work is still in flight can die
+    with ``terminate called without an active exception`` (SIGABRT) at interpreter shutdown -- seen once in CI on
+    rank 1 of the two-process test, after training had finished. A gloo barrier waits for all work enqueued before
+    it, so after it no rank has a pending collective, and all ranks tear down together. ``barrier=False`` skips it
+    (e.g. when some rank has already failed and the others must not wait for it).
+    """
     if dist.is_available() and dist.is_initialized():
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -67,6 +67,28 @@ def test_init_without_torchrun_is_a_clear_error(monkeypatch):
     assert ud.wrap_ddp(net, "cpu") is net  # single process: the plain network
 
 
+def test_cleanup_waits_for_all_ranks_before_destroying_the_group(tmp_path, monkeypatch):
+    """A real (1-process, gloo) group: cleanup_ddp calls a barrier, then destroys; no group -> no-op."""
+    calls: list[str] = []
+    real_barrier, real_destroy = dist.barrier, dist.destroy_process_group
+    monkeypatch.setattr(dist, "barrier", lambda *a, **k: (calls.append("barrier"), real_barrier(*a, **k))[1])
+    monkeypatch.setattr(dist, "destroy_process_group",
+                        lambda *a, **k: (calls.append("destroy"), real_destroy(*a, **k))[1])
+    for barrier, expected in ((True, ["barrier", "destroy"]), (False, ["destroy"])):
+        calls.clear()
+        store = dist.FileStore(str(tmp_path / f"store_{barrier}"), 1)
+        dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+        try:
+            ud.cleanup_ddp(barrier=barrier)
+        finally:
+            if dist.is_initialized():
+                real_destroy()
+        assert calls == expected and not dist.is_initialized()
+    calls.clear()
+    ud.cleanup_ddp()  # not distributed: nothing to do
+    assert calls == []
+
+
 def test_handlers_for_rank_drops_only_write_only_handlers(tmp_path):
     net = torch.nn.Linear(2, 2)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
