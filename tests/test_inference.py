@@ -453,10 +453,24 @@ def test_scores_to_labels_matches_numpy():
     thr = scores_to_labels(scores, mode="threshold", threshold=0.3)
     assert thr.shape == scores.shape and thr.dtype == torch.uint8
     np.testing.assert_array_equal(thr.numpy(), (scores.numpy() > 0.3).astype(np.uint8))
-    many = scores_to_labels(torch.rand(1, 300, 4, 4, generator=g))
+    many_scores = torch.rand(1, 300, 4, 4, generator=g)
+    many = scores_to_labels(many_scores)
     assert many.dtype == torch.int16
+    np.testing.assert_array_equal(many[:, 0].numpy(), np.argmax(many_scores.numpy(), axis=1))
     with pytest.raises(ValueError, match="mode"):
         scores_to_labels(scores, mode="max")
+
+
+def test_scores_to_labels_ties_and_nan_as_torch_argmax():
+    """Ties go to the first maximal class and the first NaN wins, exactly as torch.argmax (and numpy) decide."""
+    g = torch.Generator().manual_seed(3)
+    scores = torch.randint(0, 3, (2, 4, 6, 5, 7), generator=g).float()  # many ties
+    nan_at = torch.rand(scores.shape, generator=g) < 0.1
+    scores[nan_at] = float("nan")
+    labels = scores_to_labels(scores, chunk_voxels=64)
+    np.testing.assert_array_equal(labels[:, 0].numpy(), np.argmax(scores.numpy(), axis=1))
+    assert nan_at.any(1).any() and (scores == scores).all(1).any()  # both kinds of voxels are present
+    np.testing.assert_array_equal(labels[:, 0].long().numpy(), scores.argmax(dim=1).numpy())
 
 
 def test_predict_labels_argmax():
