@@ -3,8 +3,9 @@
 Not a test: nothing asserts a time or a Dice. For one bundle (``--bundle drive`` or ``--bundle hippocampus``) and a
 TRAINED checkpoint, every side below runs in this one process on the same validation inputs with the same weights
 (MONAI's sides on the network as loaded, channels-first; ours on a channels-last copy, as the bundles build their
-``network`` with ``network_memory_format``); per case all sides are warmed up (``--warmup`` calls each), then timed ``--repeats`` times in
-round-robin order (so that a change of machine load hits every side alike) and the median is reported.
+``network`` with ``network_memory_format``); per case all sides are warmed up (``--warmup`` calls each), then
+timed ``--repeats`` times in round-robin order (so that a change of machine load hits every side alike) and the
+median is reported.
 
 Sides (each returns probabilities and a label map; the time covers both):
 
@@ -17,7 +18,7 @@ Sides (each returns probabilities and a label map; the time covers both):
   ``monai_unetzoo.inference.SlidingWindowPredictor``: the bundle's roi size, sw_batch_size, amp, activation per
   window, channels-last windows and weights, inference mode), then the same threshold, or for softmax the API's
   label step (``SlidingWindowPredictor.predict_labels``: ``scores_to_labels``, a class-by-class argmax with
-  ``torch.argmax``'s answer that is 15x faster on CPU; for a hippocampus case 0.7 vs 10.6 ms of MONAI's ~190).
+  ``torch.argmax``'s answer that is 5-30x faster on CPU; for a hippocampus case 0.7 vs 10.6 ms of MONAI's ~190).
 * ``ours-fp32`` / ``ours-auto``: a copy of that inferer with ``amp=None`` (fp32) / ``amp="auto"`` (bf16 autocast on
   CPUs with native bf16 and on CUDA, else fp32). A variant whose autocast dtype equals the bundle's is skipped (it
   would time the same thing twice); the printed note and the JSON say so.

@@ -263,8 +263,8 @@ def channels_last_network(network: nn.Module) -> nn.Module:
     in NDHWC only when the weights are channels-last as well; with channels-first weights every layer converts.
     Measured with ``benchmarks/sliding_window.py --threads 2 --features 16 32 64 128`` (ROI 96^3, bf16, 2 CPU
     threads) before and after its predictor rows used this: example_ct ResUNet 8.31 -> 4.90 s, UNet++ 11.26 ->
-    6.72 s; the 256x256x128 volume ResUNet 48.4 -> 24.6 s (``benchmarks/RESULTS.md``). The bundles build their networks this way (``network_memory_format``); the
-    batch CLI calls this after loading a checkpoint.
+    6.72 s; the 256x256x128 volume ResUNet 48.4 -> 24.6 s (``benchmarks/RESULTS.md``). The bundles build their
+    networks this way (``network_memory_format``); the batch CLI calls this after loading a checkpoint.
     """
     dims = {p.dim() for p in network.parameters() if p.dim() in (4, 5)}
     if len(dims) != 1:
@@ -340,8 +340,9 @@ class SlidingWindowPredictor(SlidingWindowInferer):
     ``4*N*(1+3+1)`` = 1.6 GB plus the window working set, which the network's activations dominate: measured with
     ``benchmarks/inference.py`` (peak RSS minus the RSS before the call, 1x1x256x256x128 volume, ROI 96^3,
     ``sw_batch_size=4``, ResUNet features 8..128) about 1.3 GB in fp32 and 0.7 GB under bf16 autocast, of which the
-    volume-sized buffers are 0.17 GB. Lower ``sw_batch_size`` or ``roi_size`` to shrink the working set. :meth:`predict_labels` adds the label map (``N`` bytes
-    for uint8) while the scores are alive.
+    volume-sized buffers are 0.17 GB. Lower ``sw_batch_size`` or ``roi_size`` to shrink the working set.
+    :meth:`predict_labels` adds the label map (``N`` bytes for uint8) and a float32 running maximum over slabs of
+    ``scores_to_labels``'s ``chunk_voxels`` while the scores are alive.
     """
 
     def __init__(
@@ -516,7 +517,7 @@ def _smallest_label_dtype(num_classes: int) -> torch.dtype:
 def _channel_argmax(scores: torch.Tensor, out: torch.Tensor) -> None:
     """``out[:] = scores.argmax(dim=1)`` for ``scores`` (B, C, *spatial) into ``out`` (B, *spatial), class by class.
 
-    Why not ``torch.argmax(dim=1)``: on CPU its reduction over a strided (non-innermost) dimension is 15-30x slower
+    Why not ``torch.argmax(dim=1)``: on CPU its reduction over a strided (non-innermost) dimension is 5-30x slower
     than C-1 elementwise passes (measured on 2 threads: (1, 3, 128^3) float32 367 vs 17 ms, a hippocampus case
     (1, 3, 42x51x28) 10.6 vs 0.7 ms, (1, 14, 64x128x128) 207 vs 44 ms), and it was the largest single cost of a
     hippocampus prediction after the network. Same answer, ties and NaN included: the first maximal index wins, and

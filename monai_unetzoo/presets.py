@@ -131,7 +131,9 @@ def spatial_preprocessing(
         steps.append(EnsureChannelFirstd(keys=keys, allow_missing_keys=allow_missing_keys))
     steps.append(EnsureTyped(keys=images, dtype="float32", allow_missing_keys=allow_missing_keys))
     if axcodes:
-        steps.append(Orientationd(keys=keys, axcodes=axcodes, allow_missing_keys=allow_missing_keys))
+        # labels=None (MONAI's coming default, passed explicitly to silence its FutureWarning): axcodes are read in
+        # the MetaTensor's own "space", so an LPS-space affine is handled right too; MONAI's readers load RAS.
+        steps.append(Orientationd(keys=keys, axcodes=axcodes, labels=None, allow_missing_keys=allow_missing_keys))
     if pixdim is not None:
         modes = ["bilinear"] * len(images) + ["nearest"] * len(labels)
         steps.append(Spacingd(keys=keys, pixdim=tuple(float(p) for p in pixdim), mode=modes,
