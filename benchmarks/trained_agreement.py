@@ -191,7 +191,8 @@ def activate(scores: Any, activation: str) -> Any:
 
 
 def to_labels(probs: Any, activation: str) -> Any:
-    """Sigmoid: (B, C, *sp) bool ``probs > 0.5``; softmax: (B, *sp) argmax class indices. Same for every side."""
+    """Sigmoid: (B, C, *sp) bool ``probs > 0.5``; softmax: (B, *sp) ``torch.argmax`` class indices. MONAI's sides
+    (what a MONAI user writes); our sides take the same threshold but ``scores_to_labels`` for the argmax."""
     p = _plain(probs)
     return p > 0.5 if activation == "sigmoid" else p.argmax(dim=1)
 
@@ -231,7 +232,7 @@ def build_sides(args: argparse.Namespace, b: dict[str, Any]) -> tuple[list[dict[
         def fn(x: Any) -> tuple[Any, Any]:
             probs = inf(x, net_ours)
             if act == "sigmoid":
-                return probs, probs > 0.5
+                return probs, to_labels(probs, act)
             return probs, scores_to_labels(probs, mode="argmax")[:, 0]  # the API's label step (predict_labels)
 
         return fn
