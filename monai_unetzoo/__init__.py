@@ -18,7 +18,9 @@ from . import (  # noqa: F401,E402
     losses,
     metrics,
     networks,
+    predict,
     presets,
+    schedule,
     transforms,
     validation,
 )

@@ -56,6 +56,7 @@ __all__ = [
     "atomic_output_path",
     "remove_stale_temporaries",
     "quiet_optional_reader_warnings",
+    "tiff_pixel_size_mm",
 ]
 
 # suffix -> format family
@@ -202,8 +203,39 @@ def _itk_header_geometry(path: Path):
     return reader.GetOrigin(), reader.GetSpacing(), reader.GetDirection(), reader.GetSize()
 
 
-def _tiff_resolution(path: Path) -> tuple[dict[str, Any], bool]:
-    """Resolution tags of the first page, and whether they give a physical pixel size."""
+#: Pixel sizes outside this range (mm) are not taken as physical: a resolution tag of e.g. 1e9 dpi or 1 dpi is a
+#: placeholder written by the capturing software, not a measurement.
+TIFF_PLAUSIBLE_PIXEL_MM = (1e-4, 100.0)
+_TIFF_UNIT_MM = {2: 25.4, 3: 10.0}  # ResolutionUnit 2 = inch, 3 = centimetre (1 = none)
+
+
+def _rational(value: Any) -> float | None:
+    """A TIFF RATIONAL tag value ``(numerator, denominator)`` (or a plain number) as a float; None when it is not a
+    positive finite number (``0/1``, ``n/0``)."""
+    num, den = value if isinstance(value, tuple) else (value, 1)
+    try:
+        v = float(num) / float(den) if float(den) != 0 else float("nan")
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) and v > 0 else None
+
+
+def tiff_pixel_size_mm(xres: Any, yres: Any, unit: int | None) -> tuple[float, float] | None:
+    """``(x, y)`` pixel size in mm from TIFF ``XResolution``/``YResolution`` (pixels per unit) and
+    ``ResolutionUnit`` (TIFF default: inch), or None when the tags give no physical size: unit "none", zero or
+    missing resolutions (DRIVE's photographs carry ``0/1``), or a size outside :data:`TIFF_PLAUSIBLE_PIXEL_MM`."""
+    mm_per_unit = _TIFF_UNIT_MM.get(2 if unit is None else int(unit))
+    x, y = _rational(xres), _rational(yres)
+    if mm_per_unit is None or x is None or y is None:
+        return None
+    size = (mm_per_unit / x, mm_per_unit / y)
+    lo, hi = TIFF_PLAUSIBLE_PIXEL_MM
+    return size if all(lo <= s <= hi for s in size) else None
+
+
+def _tiff_resolution(path: Path) -> tuple[dict[str, Any], tuple[float, float] | None]:
+    """Resolution tags of the first page (to copy into outputs) and the ``(x, y)`` pixel size in mm they give, or
+    None (see :func:`tiff_pixel_size_mm`)."""
     import tifffile
 
     try:
@@ -211,12 +243,12 @@ def _tiff_resolution(path: Path) -> tuple[dict[str, Any], bool]:
             tags = tif.pages[0].tags
             xres, yres, unit = tags.get("XResolution"), tags.get("YResolution"), tags.get("ResolutionUnit")
             if xres is None or yres is None:
-                return {}, False
+                return {}, None
             unit_value = int(unit.value) if unit is not None else 2  # TIFF default unit is the inch
             info = {"resolution": (xres.value, yres.value), "resolutionunit": unit_value}
-            return info, unit_value in (2, 3)
-    except Exception:  # resolution is a nicety; the image itself was readable through ITK
-        return {}, False
+            return info, tiff_pixel_size_mm(xres.value, yres.value, unit_value)
+    except Exception:  # resolution is a nicety; the image itself was readable
+        return {}, None
 
 
 def _make_reader(family: str, series_uid: str | None):
@@ -361,12 +393,10 @@ def _attach_header_geometry(grid: ScanGrid) -> None:
         if d < 3:  # a 2D NIfTI: MONAI keeps the in-plane part of the affine
             header_affine = np.delete(np.delete(header_affine, range(d, 3), 0), range(d, 3), 1)
     elif grid.family == "tiff" and grid.reader_name == "PILReader":  # PIL knows no geometry: resolution tags
-        grid.tiff_resolution, grid.physical = _tiff_resolution(path)
-        if grid.physical:
-            (xn, xd), (yn, yd) = (r if isinstance(r, tuple) else (r, 1) for r in grid.tiff_resolution["resolution"])
-            mm = 25.4 if grid.tiff_resolution["resolutionunit"] == 2 else 10.0
-            spacing = [mm * xd / xn, mm * yd / yn][:: -1 if grid.axes_reversed else 1]
-            grid.affine = np.diag(spacing + [1.0])
+        grid.tiff_resolution, pixel_mm = _tiff_resolution(path)
+        grid.physical = pixel_mm is not None
+        if pixel_mm is not None and d == 2:
+            grid.affine = np.diag(list(pixel_mm[:: -1 if grid.axes_reversed else 1]) + [1.0])
     elif grid.family in ("itk", "tiff"):
         origin, spacing, direction, size = _itk_header_geometry(path)
         if tuple(int(s) for s in size) != grid.spatial_shape:
@@ -374,8 +404,8 @@ def _attach_header_geometry(grid: ScanGrid) -> None:
         grid.itk_geometry = (tuple(origin), tuple(spacing), tuple(direction))
         header_affine = _lps_to_ras_affine(origin, spacing, direction)
         if grid.family == "tiff":
-            grid.tiff_resolution, grid.physical = _tiff_resolution(path)
-            grid.physical = grid.physical and d == 2  # a stack's slice distance is not stored in TIFF tags
+            grid.tiff_resolution, pixel_mm = _tiff_resolution(path)
+            grid.physical = pixel_mm is not None and d == 2  # a stack's slice distance is not stored in TIFF tags
     elif grid.family == "dicom":
         grid.itk_geometry = _ras_affine_to_lps_geometry(grid.affine)
     if header_affine is not None:

@@ -290,36 +290,25 @@ def test_real_drive_training_and_evaluation(real_run):
 
 
 def test_real_drive_inference(real_run, tmp_path):
+    """run inferring on real photographs: 0/255 vessel masks (TIFF in, TIFF out) of the photograph's size, the
+    field of view estimated from the image, agreeing with the independent fp32 reference inside DRIVE's own FOV."""
+    from scipy.ndimage import binary_dilation
+
     drive, out, common, refs = real_run
-    images, masks, one = tmp_path / "images", tmp_path / "masks", tmp_path / "one_image"
-    for d in (images, masks, one):
-        d.mkdir()
+    images = tmp_path / "images"
+    images.mkdir()
     for cid in REAL_CASES:  # links only: the data never gets copied
         (images / f"{cid}_training.tif").symlink_to(drive / "training" / "images" / f"{cid}_training.tif")
-        (masks / f"{cid}_training_mask.gif").symlink_to(drive / "training" / "mask" / f"{cid}_training_mask.gif")
-    (one / "21_training.tif").symlink_to(drive / "training" / "images" / "21_training.tif")
     pred_dir = tmp_path / "pred"
-    _run_bundle("inferring", [TRAIN, INFERENCE], input_dir=str(images), mask_dir=str(masks), infer_dir=str(pred_dir),
-                **common)
+    _run_bundle("inferring", INFERENCE, input_dir=str(images), infer_dir=str(pred_dir),
+                ckpt_path=str(out / "models" / "model.pt"),
+                **{k: v for k, v in common.items() if k in ("dataset_dir", "autocast", "network_def#features")})
     for cid in REAL_CASES:
         fov, ref = refs[cid]["fov"], refs[cid]["prob"]
-        vessels = _pil(pred_dir / f"{cid}_training_vessels.png")
-        prob_png = _pil(pred_dir / f"{cid}_training_prob.png")
-        prob_tif = _pil(pred_dir / f"{cid}_training_prob.tif")
-        for arr in (vessels, prob_png, prob_tif):
-            assert arr.shape == fov.shape == (584, 565)  # PIL's (H, W), not transposed
-            assert not arr[~fov].any()  # zero outside the FOV
+        vessels = _pil(pred_dir / f"{cid}_training_seg.tif")
+        assert vessels.shape == fov.shape == (584, 565)  # PIL's (H, W), not transposed
         assert set(np.unique(vessels)) <= {0, 255}
-        np.testing.assert_allclose(prob_tif[fov], ref[fov], atol=1e-4)
-        assert np.abs(prob_png.astype(int) - np.round(np.clip(prob_tif, 0, 1) * 255)).max() <= 1
-        agree = ((vessels > 0) == ((ref > 0.5) & fov)).mean()
-        assert agree > 0.999, agree
-
-    # a folder without --mask_dir: the FOV is estimated from the image, nothing is predicted on the black surround
-    pred2 = tmp_path / "pred_nomask"
-    _run_bundle("inferring", [TRAIN, INFERENCE], input_dir=str(one), infer_dir=str(pred2), **common)
-    fov = refs["21"]["fov"]
-    v_est = _pil(pred2 / "21_training_vessels.png") > 0
-    v_ref = _pil(pred_dir / "21_training_vessels.png") > 0
-    assert v_est[~fov].mean() < 1e-3
-    assert (v_est == v_ref).mean() > 0.99
+        assert not vessels[~binary_dilation(fov, iterations=5)].any()  # nothing on the black surround
+        # the estimated FOV standardises intensities with slightly other statistics than DRIVE's mask
+        agree = ((vessels > 0) == (ref > 0.5))[fov].mean()
+        assert agree > 0.99, agree

@@ -75,6 +75,7 @@ def make_bundle(
     roi_size: list | None = None,
     state_dict: dict | None = None,
     name: str = "fake",
+    extra: dict | None = None,
 ) -> Path:
     """A flat MONAI bundle the CLI can run (see the contract in monai_unetzoo.predict)."""
     root.mkdir(parents=True)
@@ -110,6 +111,7 @@ def make_bundle(
         "inferer": {"_target_": "SlidingWindowInferer", "roi_size": roi_size or [24] * spatial_dims, "sw_batch_size": 2,
                     "overlap": 0.25},
     }
+    infer.update(extra or {})
     (root / "metadata.json").write_text(json.dumps(meta, indent=1))
     (root / "inference.json").write_text(json.dumps(infer, indent=1))
     (root / "models").mkdir()
@@ -330,7 +332,8 @@ def test_glob_input_probabilities_and_2d_bundle_on_xy1_nifti(tmp_path):
     """A 2D bundle on PNG and on (X, Y, 1) NIfTI given by a glob; probability maps sum to one and their argmax is
     the label map."""
     bundle = make_bundle(tmp_path / "b2d", spatial_dims=2, channel_def={"0": "background", "1": "vessel"},
-                         preprocessing=[{"_target_": "DivisiblePadd", "keys": "image", "k": 16}], roi_size=[16, 16])
+                         preprocessing=[{"_target_": "DivisiblePadd", "keys": "image", "k": 16}], roi_size=[16, 16],
+                         extra={"mirror_axes": [0, 1]})
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()
     lab_hw = (label_map((13, 22), seed=4).T > 0).astype(np.uint8)  # (H=22, W=13)
@@ -340,8 +343,9 @@ def test_glob_input_probabilities_and_2d_bundle_on_xy1_nifti(tmp_path):
     rc = main(["predict", "--bundle", str(bundle), "--input", str(inp / "*"), "--output", str(out), "--quiet",
                "--save-probabilities", "--tta"])  # mirroring TTA: the identity is flip-equivariant
     assert rc == 0
-    assert json.loads((out / "provenance.json").read_text())["settings"]["tta"] is True
-    np.testing.assert_array_equal(np.asarray(Image.open(out / "fundus_seg.png")), lab_hw)
+    assert json.loads((out / "provenance.json").read_text())["settings"]["tta_axes"] == [0, 1]
+    # a one-class 2D bundle writes PNG/TIFF masks as 0/255 (visible in any viewer); NIfTI keeps the label values
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "fundus_seg.png")), lab_hw * 255)
     seg = nib.load(out / "slice_seg.nii.gz")
     assert seg.shape == (15, 11, 1)
     np.testing.assert_array_equal(np.asarray(seg.dataobj), lab_xy1)
@@ -402,8 +406,9 @@ def test_checkpoint_is_used_on_rgb_tif_and_png(tmp_path):
     assert main(["predict", "--bundle", str(bundle), "--input", str(inp), "--output", str(out), "--quiet"]) == 0
     ref = _reference_2d(net, rgb)
     assert 0 < ref.sum() < ref.size  # the check below can tell a loaded checkpoint from a random one
-    np.testing.assert_array_equal(np.asarray(Image.open(out / "photo_seg.png")), ref)
-    np.testing.assert_array_equal(tifffile.imread(out / "photo_b_seg.tif"), ref)
+    # one foreground class in 2D: PNG/TIFF masks are 0/255
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "photo_seg.png")), ref * 255)
+    np.testing.assert_array_equal(tifffile.imread(out / "photo_b_seg.tif"), ref * 255)
 
 
 def test_layered_drive_style_bundle_reader_options_and_field_of_view(tmp_path):
@@ -460,8 +465,8 @@ def test_layered_drive_style_bundle_reader_options_and_field_of_view(tmp_path):
     with torch.no_grad():  # the transposed image would give another answer: the reader options matter
         other = (torch.sigmoid(net(x.transpose(2, 3)))[0, 0] > 0.5).numpy().T.astype(np.uint8)
     assert (other[fov] != ref[fov]).any() and ref[fov].any() and not ref[fov].all()
-    np.testing.assert_array_equal(np.asarray(Image.open(out / "eye_seg.png")), ref)
-    np.testing.assert_array_equal(tifffile.imread(out / "eye2_seg.tif"), ref)
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "eye_seg.png")), ref * 255)
+    np.testing.assert_array_equal(tifffile.imread(out / "eye2_seg.tif"), ref * 255)
     rows = read_summary(out / "summary.csv")
     assert int(rows["eye.png"]["vessel_pixels"]) == int(ref.sum())
     prov = json.loads((out / "provenance.json").read_text())
@@ -506,7 +511,7 @@ def test_repository_bundles_satisfy_the_cli_contract(name, tmp_path):
         import tifffile
 
         seg = tifffile.imread(seg_path)
-        assert seg.shape == (40, 36) and set(np.unique(seg)) <= {0, 1}
+        assert seg.shape == (40, 36) and set(np.unique(seg)) <= {0, 255}
         assert not seg[0].any()  # outside the field of view
     else:
         seg = nib.load(seg_path)
@@ -527,7 +532,7 @@ def test_drive_fundus_photograph(drive_dir, tmp_path):
     seg = tifffile.imread(out / "01_test_seg.tif")
     rgb = np.asarray(Image.open(src).convert("RGB"))
     assert seg.shape == rgb.shape[:2] == (584, 565)
-    np.testing.assert_array_equal(seg, _reference_2d(net, rgb))
+    np.testing.assert_array_equal(seg, _reference_2d(net, rgb) * 255)
 
 
 @pytest.mark.real_data
