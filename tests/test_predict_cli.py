@@ -619,3 +619,50 @@ def test_help_and_dry_run(bundle3d, tmp_path, capsys):
     assert main(["predict", "--bundle", str(bundle3d), "--input", str(inp), "--output", str(out), "--dry-run"]) == 0
     assert str(out / "x_seg.nii.gz") in capsys.readouterr().out
     assert not list(out.glob("*_seg*")) and not (out / "summary.csv").exists()
+
+
+def test_postprocess_keeps_largest_component_and_removes_small_ones():
+    """Hand-built label map: label 1 in a 27-voxel cube, an 8-voxel cube and a single voxel; label 2 in a 1x1x2 bar
+    touching nothing. Expected results written out by hand (full connectivity: the diagonal voxel joins)."""
+    from monai_unetzoo.predict import parse_postprocess
+
+    lab = np.zeros((12, 12, 12), np.uint8)
+    lab[0:3, 0:3, 0:3] = 1  # 27 voxels
+    lab[6:8, 6:8, 6:8] = 1  # 8 voxels
+    lab[3, 3, 3] = 1  # touches the 27-cube at a corner: one component under 26-connectivity (28 voxels)
+    lab[10, 10, 10:12] = 2  # 2 voxels
+    largest = parse_postprocess("largest")(lab)
+    expect = lab.copy()
+    expect[6:8, 6:8, 6:8] = 0
+    np.testing.assert_array_equal(largest, expect)
+    # voxels of 0.5 x 0.5 x 0.5 mm = 0.125 mm^3: min-size 1.5 mm^3 = 12 voxels removes the 8-cube and the bar
+    small = parse_postprocess({"min_size": 1.5})(lab, voxel_size=0.125)
+    expect = lab.copy()
+    expect[6:8, 6:8, 6:8] = 0
+    expect[10, 10, 10:12] = 0
+    np.testing.assert_array_equal(small, expect)
+    assert parse_postprocess("largest,min-size=50").describe() == "largest,min-size=50"
+    assert parse_postprocess(None).describe() == "none"
+    with pytest.raises(ValueError, match="min-size"):
+        parse_postprocess("min-size=abc")
+
+
+def test_cli_postprocess_option_and_summary(bundle3d, tmp_path):
+    """--postprocess largest through the CLI: the written map equals the hand-made expectation; the summary says
+    what ran; a bad spec is a usage error (exit 2) before any work."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    lab = np.zeros((20, 20, 20), np.uint8)
+    lab[2:8, 2:8, 2:8] = 1
+    lab[14:16, 14:16, 14:16] = 1
+    lab[10:13, 2:5, 2:5] = 2
+    save_nifti(inp / "case.nii.gz", lab, np.diag([0.5, 0.5, 0.5, 1.0]))
+    assert main(["predict", "--bundle", str(bundle3d), "--input", str(inp), "--output", str(out), "--quiet",
+                 "--postprocess", "largest"]) == 0
+    expect = lab.copy()
+    expect[14:16, 14:16, 14:16] = 0
+    np.testing.assert_array_equal(np.asarray(nib.load(out / "case_seg.nii.gz").dataobj), expect)
+    row = read_summary(out / "summary.csv")["case.nii.gz"]
+    assert row["postprocess"] == "largest" and int(row["anterior_voxels"]) == 216
+    assert main(["predict", "--bundle", str(bundle3d), "--input", str(inp), "--output", str(tmp_path / "o2"),
+                 "--postprocess", "biggest"]) == 2
