@@ -44,7 +44,13 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["DatalistValidationError", "validate_datalist", "run_datalist_validation_cli"]
+__all__ = [
+    "DatalistValidationError",
+    "validate_datalist",
+    "run_datalist_validation_cli",
+    "switch_enabled",
+    "bundle_data_check",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -259,6 +265,40 @@ def validate_datalist(
         _dlv_fail(DatalistValidationError(problems, name=name, num_cases=len(items)), exit_on_error)
     logger.info("%s: %d case(s) checked, no problems found.", name, len(items))
     return [dict(it) for it in items]
+
+
+#: Words that switch a bundle option off. ``--validate_data false`` reaches the config as the string "false"
+#: (python-fire keeps lower-case words as strings), so a plain truth test would read it as True.
+_OFF_WORDS = ("false", "0", "no", "off")
+
+
+def switch_enabled(value: Any) -> bool:
+    """Whether a bundle on/off option is on: False for ``False``, ``0`` and the words false/0/no/off (any case,
+    surrounding blanks ignored); True for anything else (``True``, "true", "yes", ...)."""
+    return str(value).strip().lower() not in _OFF_WORDS
+
+
+def bundle_data_check(
+    enabled: Any, datalists: Mapping[str, Sequence[Mapping[str, Any]]], splits: Sequence[str], **kwargs: Any
+) -> list[dict[str, Any]] | None:
+    """The bundles' data check before training: :func:`validate_datalist` on the cases of ``splits``.
+
+    Args:
+        enabled: the bundle's ``validate_data`` option (see :func:`switch_enabled`); off -> nothing is read and
+            None is returned.
+        datalists: split name -> datalist, built *without* the builders' own file checks (``validate=False``):
+            those raise at the first bad section, while this check loads every case and reports all problems.
+        splits: the split names checked together, in order (e.g. ``[train_split, "validation"]``).
+        kwargs: passed on to :func:`validate_datalist` (classes, channels, reader, name, ...); ``exit_on_error``
+            defaults to True: print every problem and exit with status 2, not a traceback.
+
+    Returns:
+        The checked cases, or None when the check is switched off.
+    """
+    if not switch_enabled(enabled):
+        return None
+    kwargs.setdefault("exit_on_error", True)
+    return validate_datalist([case for split in splits for case in datalists[split]], **kwargs)
 
 
 def _dlv_fail(error: DatalistValidationError, exit_on_error: bool) -> None:
