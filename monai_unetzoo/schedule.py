@@ -10,10 +10,10 @@ from __future__ import annotations
 from ignite.engine import Engine, Events
 from monai.handlers import ValidationHandler
 
-__all__ = ["ValidateAtIntervalAndEnd"]
+__all__ = ["IntervalAndFinalValidationHandler"]
 
 
-class ValidateAtIntervalAndEnd(ValidationHandler):
+class IntervalAndFinalValidationHandler(ValidationHandler):
     """``ValidationHandler`` (epoch level) that also validates after the last epoch when the number of epochs is not
     a multiple of ``interval``, so that every training run ends validated and with a ``model.pt``.
 

@@ -54,12 +54,7 @@ def test_zoo_files_versions_metadata_and_train_keys(name):
     assert set(problems) - inference == ZOO_EXCEPTIONS[name], problems
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param("drive", marks=pytest.mark.xfail(strict=True, reason="drive/inference.json is still an overlay on "
-                                                  "train.json; the self-contained rewrite is the lead's part of "
-                                                  "issue 14 -- remove this mark with it")),
-    "hippocampus",
-])
+@pytest.mark.parametrize("name", ["drive", "hippocampus"])
 def test_zoo_inference_keys(name):
     config = json.loads((_bundle(name) / "inference.json").read_text())
     assert inference_config_key_problems(config) == {}
@@ -189,6 +184,23 @@ def test_check_properties_eval_workflow(name, tmp_path):
     assert evaluator.data_loader.dataset is workflow.dataset
     val_cases = workflow.parser.get_parsed_content("datalists")["validation"]
     assert [d["case_id"] for d in workflow.dataset.data] == [d["case_id"] for d in val_cases]
+
+
+@pytest.mark.parametrize("name", BUNDLES)
+def test_check_properties_infer_workflow(name, tmp_path):
+    """inference.json alone as MONAI's infer workflow: every required property defined; its evaluator hands each
+    case to the same per-case code as ``unetzoo predict`` (monai_unetzoo.predict.BundleCaseStep)."""
+    from monai.engines import SupervisedEvaluator
+
+    from monai_unetzoo.predict import BundleCaseStep, PredictionCase
+
+    workflow = _workflow(name, "infer", _files(name, "inference.json"), tmp_path)
+    assert workflow.check_properties() == []
+    evaluator = workflow.evaluator
+    assert isinstance(evaluator, SupervisedEvaluator) and evaluator.inferer is workflow.inferer
+    assert isinstance(evaluator._process_function, BundleCaseStep)  # ignite's process function = iteration_update
+    assert evaluator.data_loader.dataset is workflow.dataset
+    assert workflow.dataset.data and all(isinstance(c, PredictionCase) for c in workflow.dataset.data)
 
 
 # ------------------------------------------------------------------------------- (3) TorchScript and ONNX
