@@ -34,6 +34,10 @@ What it writes under --output (input sub-folders are mirrored, inputs are never 
                        spacing, post-processing, and per label the voxel count, the volume in mL (pixels and
                        mm2 for 2D bundles) and the mean/std image intensity inside it
                        (one-class 2D bundles write 0/255 PNG/TIFF masks; label maps keep values 0..C-1)
+                       and the QC: qc (ok / flagged), qc_flags, qc_reasons, mean_top_probability, ...
+  <name>_preview.png   the segmentation over the image (3 planes through the structures for 3D), unless --no-preview
+  report.html          one self-contained page: sortable table, thumbnails, QC flags, provenance (rewritten after
+                       every case: open it while the batch runs)
   provenance.json      versions, bundle, checkpoint SHA-256, all settings, start and end time
 
 Running the same command again skips the inputs already done and finishes the rest (--overwrite redoes them).
@@ -131,7 +135,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", type=_shard, default=None, metavar="i/n", help="process only part i of n (several machines)")
     p.add_argument("--dry-run", action="store_true",
                    help="list the inputs and where their outputs would go, then stop (writes nothing)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar; print only the final one-line summary")
+    p.add_argument("--preview", action=argparse.BooleanOptionalAction, default=True,
+                   help="write a preview PNG per case (segmentation over the image) shown in report.html (default: on)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars; print only the final one-line summary")
     return parser
 
 

@@ -21,6 +21,7 @@ import numpy as np
 from ..volume_io import ScanReadError, atomic_output_path, load_scan, remove_stale_temporaries
 from .case import CaseError, CasePipeline, binary_mask_scale, measure_labels, summary_label_columns
 from .discovery import PredictionCase
+from .review import BatchReview
 from .settings import PredictionSettings
 from .signals import BatchSignalGuard, PredictionInterrupted
 
@@ -67,6 +68,8 @@ class _BatchRecord:
         self.columns = BASE_COLUMNS + summary_label_columns(pipeline.bundle)
         if settings.save_probabilities:
             self.columns.insert(3, "probabilities")
+        self.review = BatchReview(pipeline.bundle, out_root, preview=settings.preview, shard=settings.shard)
+        self.columns += self.review.columns
         self.rows: dict[str, dict[str, Any]] = {}
         self.predicted: list[str] = []
         self.start_time = _now()
@@ -132,6 +135,7 @@ class _BatchRecord:
                 "save_probabilities": self.settings.save_probabilities,
                 "overwrite": self.settings.overwrite,
                 "shard": f"{self.settings.shard[0]}/{self.settings.shard[1]}" if self.settings.shard else None,
+                **self.review.provenance(),
                 **self.provenance_extra,
             },
             "start_time": self.start_time,
@@ -144,6 +148,7 @@ class _BatchRecord:
             "previous_runs": self.previous_runs,
         }
         _write_text_atomic(self.provenance_path, json.dumps(prov, indent=2, default=str) + "\n")
+        self.review.write_report([self.rows[c.case_id] for c in self.cases if c.case_id in self.rows], self.columns, prov)
 
     def log_error(self, case: PredictionCase, exc: BaseException) -> None:
         with contextlib.suppress(OSError), open(self.errors_path, "a", encoding="utf-8") as f:
@@ -157,6 +162,7 @@ class _BatchRunner:
     def __init__(self, pipeline: CasePipeline, record: _BatchRecord, settings: PredictionSettings):
         self.pipeline, self.record, self.settings = pipeline, record, settings
         self.guard = BatchSignalGuard()
+        pipeline.window_progress = not settings.quiet
         self.current: PredictionCase | None = None
 
     def _already_done(self, case: PredictionCase) -> bool:
@@ -191,6 +197,7 @@ class _BatchRunner:
             try:
                 self.pipeline.write(case, result, self.settings.save_probabilities)
                 row.update(status="ok", postprocess=self.pipeline.settings.postprocess, **self.pipeline.measure(result))
+                row.update(self.record.review.review_case(case, result))
                 self.record.predicted.append(case.case_id)
             except Exception as exc:
                 row.update(status="failed", error=f"{case.output}: cannot be written ({type(exc).__name__}: {exc})")

@@ -18,6 +18,7 @@ from ..volume_io import ScanGrid, load_scan, write_scan_like
 from .bundle import PredictionBundle
 from .discovery import PredictionCase
 from .postprocess import parse_postprocess
+from .progress import case_window_progress
 from .settings import ResolvedSettings
 
 __all__ = ["CaseError", "CaseResult", "CasePipeline", "label_columns", "binary_mask_scale"]
@@ -99,6 +100,7 @@ class CasePipeline:
         self.device = torch.device(settings.device)
         self.predictor = settings.make_predictor()
         self.postprocess = parse_postprocess(settings.postprocess)
+        self.window_progress = False  # a bar over the windows of each case (the batch turns it on unless --quiet)
         bundle.network.to(self.device)
 
     def _load(self, case: PredictionCase) -> tuple[Any, ScanGrid]:
@@ -132,7 +134,8 @@ class CasePipeline:
             raise CaseError(f"{case.source}: the bundle's preprocessing failed ({type(exc).__name__}: {exc})") from exc
         x = data["image"]
         batch = (x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x))[None].to(self.device)
-        scores = self.predictor(batch, b.network)[0].detach().to("cpu", torch.float32)
+        with case_window_progress(b.network, self.predictor, batch, case.case_id, self.window_progress) as network:
+            scores = self.predictor(batch, network)[0].detach().to("cpu", torch.float32)
         del batch
         if data.get("roi") is not None:
             _mask_outside_roi(scores, data["roi"], case.source)

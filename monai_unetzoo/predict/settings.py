@@ -40,6 +40,7 @@ class PredictionSettings:
     save_probabilities: bool = False
     overwrite: bool = False
     quiet: bool = False
+    preview: bool = True  # a preview PNG per case (and thumbnails in report.html)
     shard: tuple[int, int] | None = None
 
     def resolved_device(self) -> torch.device:

@@ -37,6 +37,7 @@ def settings_from_arguments(args: argparse.Namespace) -> PredictionSettings:
         save_probabilities=args.save_probabilities,
         overwrite=args.overwrite,
         quiet=args.quiet,
+        preview=args.preview,
         shard=args.shard,
     )
 
