@@ -140,7 +140,7 @@ def validation_confidence_statistics(
     """
     values = []
     for case in cases:
-        data = preprocessing({"image": case["image"]})
+        data = preprocessing(dict(case))
         x = data["image"]
         x = (x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x))[None].to(device)
         probs = inferer(x, network)[0].detach().float().cpu().numpy()

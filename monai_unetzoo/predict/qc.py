@@ -9,7 +9,7 @@ Each flag is a code and a reason (the numbers compared), written to ``summary.cs
     when there are no statistics) has no voxel.
 ``volume``
     a structure's volume is outside ``[q0.5 - m, q99.5 + m]`` of the training labels, ``m`` = :data:`VOLUME_MARGIN`
-    times the width ``q99.5 - q0.5``.
+    times the width ``q99.5 - q0.5`` (times ``q0.5`` when that is larger: a narrow training range stays usable).
 ``confidence``
     the mean top-class probability inside the predicted structures is below the validation threshold, or the
     fraction of those voxels with top probability < 0.6 is above it (both from :func:`case_confidence`).
@@ -71,7 +71,7 @@ def _volume_flags(volumes: dict[int, float], structures: dict[str, Any], names: 
         ref = (structures.get(str(value)) or {}).get("volume")
         if ref is None or vol == 0:
             continue
-        margin = VOLUME_MARGIN * (ref["q99.5"] - ref["q0.5"])
+        margin = VOLUME_MARGIN * max(ref["q99.5"] - ref["q0.5"], ref["q0.5"])
         lo, hi = ref["q0.5"] - margin, ref["q99.5"] + margin
         if not lo <= vol <= hi:
             flags.append(QCFlag("volume", f"{names[value]} {vol:.4g} {ref['unit']} outside the training range "
