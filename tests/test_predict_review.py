@@ -289,6 +289,7 @@ def _open_page(cdp: DevToolsPipe, url: str) -> str:
     target = cdp.call("Target.createTarget", url="about:blank")["targetId"]
     session = cdp.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
     cdp.call("Page.enable", session)
+    cdp.call("Emulation.setDeviceMetricsOverride", session, width=1400, height=1000, deviceScaleFactor=1, mobile=False)
     cdp.call("Page.navigate", session, url=url)
     cdp.evaluate(session, "new Promise(r => { if (document.readyState === 'complete') r(1);"
                           " else window.addEventListener('load', () => r(1)); })")
@@ -385,3 +386,50 @@ def test_report_rewritten_after_each_case_and_no_preview(tmp_path):
         assert {r["qc"] for r in csv.DictReader(f)} == {"ok"}
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["settings"]["preview"] is False and prov["status"] == "finished"
+
+
+# ------------------------------------------------------------------------------------------- real hippocampus data
+
+
+@pytest.mark.real_data
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_hippocampus_corrupted_inputs_flagged_normal_ones_not(hippocampus_dir, totalseg_dir, tmp_path):
+    """A short training run of the bundle (its own train.json: label_stats.json written at the end), then
+    ``unetzoo predict`` on held-out cases (neither trained on nor used for the thresholds): those are not flagged;
+    the same case with inverted intensity, and a CT volume given to this MRI bundle, are."""
+    from monai_unetzoo.data.msd import msd_datalists
+
+    from test_hippocampus_bundle import BUNDLE, run_bundle
+
+    train_out = tmp_path / "train"
+    run_bundle("training", "--config_file", str(BUNDLE / "train.json"), "--dataset_dir", str(hippocampus_dir),
+               "--output_dir", str(train_out), "--num_train_cases", str(TRAIN_CASES), "--num_val_cases", "6",
+               "--epochs", str(TRAIN_EPOCHS), "--val_interval", str(TRAIN_EPOCHS), "--num_threads", "2",
+               "--patch_size", "[32, 48, 32]")  # smaller training crops than the bundle's 40x56x40: a shorter run
+    stats = json.loads((train_out / "label_stats.json").read_text())
+    assert stats["training"]["cases"] == TRAIN_CASES and stats["validation_confidence"]["cases"] == 6
+    held_out = msd_datalists(hippocampus_dir)["validation"][6:10]  # after the 6 validation cases used above
+    inp = tmp_path / "in"
+    inp.mkdir()
+    for c in held_out:
+        os.symlink(c["image"], inp / Path(c["image"]).name)
+    src = nib.load(held_out[0]["image"])
+    data = np.asarray(src.dataobj, dtype=np.float32)
+    nib.save(nib.Nifti1Image(data.max() + data.min() - data, src.affine), inp / "inverted.nii.gz")
+    ct = nib.load(totalseg_dir / "example_ct_sm.nii.gz")  # 3 mm abdominal CT, HU; a central 72 x 72 x 48 mm block
+    nib.save(ct.slicer[49:73, 38:62, 7:23], inp / "ct_abdomen.nii.gz")  # keeps the run short (1 mm resampling)
+    out = tmp_path / "out"
+    rc = main(["predict", "--bundle", str(BUNDLE), "--checkpoint", str(train_out / "model.pt"), "--input", str(inp),
+               "--output", str(out), "--threads", "2", "--no-tta", "--quiet"])
+    rows = read_summary(out / "summary.csv")
+    assert rc == 0, rows
+    normal = {Path(c["image"]).name for c in held_out}
+    flags = {case: (r["qc"], r["qc_reasons"]) for case, r in rows.items()}
+    assert all(flags[c][0] == "ok" for c in normal), flags
+    assert flags["inverted.nii.gz"][0] == "flagged", flags
+    assert flags["ct_abdomen.nii.gz"][0] == "flagged" and "geometry" in rows["ct_abdomen.nii.gz"]["qc_flags"], flags
+    assert all((out / r["preview"]).is_file() for r in rows.values())
+
+
+TRAIN_CASES, TRAIN_EPOCHS = 32, 5  # 80 iterations of batch 2
