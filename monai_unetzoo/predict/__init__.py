@@ -3,8 +3,10 @@
 Modules, one concept each: :mod:`.bundle` (the contract below, resolved into a ``PredictionBundle``),
 :mod:`.settings` (user choices resolved against the bundle, in one place), :mod:`.discovery` (inputs -> cases and
 output names), :mod:`.case` (one case: read -> preprocess -> predict -> invert -> labels -> write),
-:mod:`.postprocess` (declared label post-processing), :mod:`.batch` (summary, provenance, signals) and
-:mod:`.bundle_step` (the same per-case code inside a bundle's own ``run inferring``).
+:mod:`.postprocess` (declared label post-processing), :mod:`.batch` (summary, provenance, signals),
+:mod:`.bundle_step` (the same per-case code inside a bundle's own ``run inferring``), and the review of a batch:
+:mod:`.qc` (QC flags against the bundle's ``label_stats.json``), :mod:`.preview` (per-case PNGs), :mod:`.report`
+(``report.html``), :mod:`.review` (what :mod:`.batch` calls for them) and :mod:`.progress` (the window bar).
 
 This is the engine behind ``unetzoo predict`` (see :mod:`monai_unetzoo.cli`); it can also be driven from Python:
 ``load_prediction_bundle`` + ``PredictionSettings(...).resolve(bundle)`` + ``CasePipeline`` +

@@ -53,8 +53,11 @@ class BatchReview:
     def review_case(self, case: PredictionCase, result: CaseResult) -> dict[str, str]:
         """QC columns (and ``preview``: its path relative to the report) of one predicted case."""
         b = self.bundle
-        flags, conf = case_qc_flags(result.labels, result.probs, result.grid, b.label_names, self.reference)
-        row = qc_columns(flags, conf)
+        try:
+            flags, conf = case_qc_flags(result.labels, result.probs, result.grid, b.label_names, self.reference)
+            row = qc_columns(flags, conf)
+        except Exception as exc:  # the QC is advice: a failure of it leaves the case ok and says so
+            flags, row = [], {"qc": "unchecked", "qc_reasons": f"QC failed ({type(exc).__name__}: {exc})"}
         if self.preview:
             path = self.preview_path(case)
             try:
@@ -66,6 +69,11 @@ class BatchReview:
                 row["preview"] = ""
                 row["error"] = f"preview not written ({type(exc).__name__}: {exc})"
         return row
+
+    def existing_preview(self, case: PredictionCase) -> dict[str, str]:
+        """``preview`` of a case skipped as already done: its earlier preview, if there is one."""
+        path = self.preview_path(case)
+        return {"preview": path.relative_to(self.out_root).as_posix()} if self.preview and path.is_file() else {}
 
     def write_report(self, rows: list[dict[str, Any]], columns: list[str], provenance: dict[str, Any]) -> None:
         write_report(self.report_path, rows, columns, provenance)
