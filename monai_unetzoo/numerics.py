@@ -50,9 +50,13 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: What the error messages suggest.
-_ADVICE = ("try --autocast fp32 (bf16 autocast backward on CPUs without AMX gives garbage gradients at small "
-           "spatial sizes; see benchmarks/RESULTS.md), a lower --learning_rate, or check the data")
+def _advice(precision: str) -> str:
+    """What the error messages suggest, for the precision the run used."""
+    general = "a lower --learning_rate, or check the data"
+    if precision.startswith("fp32"):
+        return f"{general} (the run already computes in fp32)"
+    return (f"--autocast fp32 (bf16 autocast backward on CPUs without AMX gives garbage gradients at small spatial "
+            f"sizes; see benchmarks/RESULTS.md), {general}")
 
 
 class NonFiniteTrainingError(RuntimeError):
@@ -83,8 +87,8 @@ def nonfinite_tensor_names(obj: Any, prefix: str = "") -> list[str]:
 def describe_engine_precision(engine: Engine) -> str:
     """The precision an engine's forward runs in, for error messages.
 
-    Reads ``engine.inferer.last_dtype`` (set by ``AutocastForwardInferer``; None: fp32) and MONAI's ``engine.amp``
-    (CUDA autocast).
+    Reads ``engine.inferer.last_dtype`` (set by ``AutocastForwardInferer``; None: fp32), else the inferer's ``amp``
+    (``SlidingWindowPredictor``), else MONAI's ``engine.amp`` (CUDA autocast).
     """
     inferer = getattr(engine, "inferer", None)
     if hasattr(inferer, "last_dtype"):
@@ -93,6 +97,8 @@ def describe_engine_precision(engine: Engine) -> str:
         amp = getattr(inferer, "amp", None)
         return f"{name} autocast (AutocastForwardInferer amp={amp!r})" if dtype is not None else (
             f"fp32 (AutocastForwardInferer amp={amp!r})")
+    if getattr(inferer, "amp", None) not in (None, False):  # e.g. SlidingWindowPredictor
+        return f"{type(inferer).__name__} amp={inferer.amp!r}"
     if getattr(engine, "amp", False):
         return "CUDA automatic mixed precision (SupervisedTrainer amp=True)"
     return "fp32"
@@ -134,11 +140,12 @@ class StopOnNonFiniteLoss:
             bad = _nonfinite_training_state(engine)
         if not bad:
             return
+        precision = describe_engine_precision(engine)
         raise NonFiniteTrainingError(
             f"training stopped at epoch {engine.state.epoch}, iteration {engine.state.iteration}: the loss is "
             f"{_value_text(loss)}" + (f" and non-finite values are in {bad[:5]}" if bad != ["loss"] else "")
-            + f"; precision: {describe_engine_precision(engine)}. The checkpoints already written keep the last "
-            f"finite weights. What to try: {_ADVICE}."
+            + f"; precision: {precision}. The checkpoints already written keep the last finite weights. What to "
+            f"try: {_advice(precision)}."
         )
 
 
@@ -174,9 +181,10 @@ class StopOnNonFiniteMetrics:
         bad = {k: metrics[k] for k in names if k in metrics and _is_nonfinite(metrics[k])}
         if not bad:
             return
+        precision = describe_engine_precision(engine)
         raise NonFiniteTrainingError(
             f"evaluation produced non-finite metrics {bad} (evaluator epoch {engine.state.epoch}); precision: "
-            f"{describe_engine_precision(engine)}. No model was saved for this evaluation. What to try: {_ADVICE}."
+            f"{precision}. No model was saved for this evaluation. What to try: {_advice(precision)}."
         )
 
 

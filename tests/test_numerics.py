@@ -18,6 +18,7 @@ import monai_unetzoo.inference as uinf
 from monai_unetzoo.checkpoints import AtomicCheckpointSaver, ResumeCheckpointSaver, load_checkpoint_file
 from monai_unetzoo.checkpoints import save_checkpoint_atomically
 from monai_unetzoo.engines import AutocastForwardInferer
+from monai_unetzoo.inference import SlidingWindowPredictor
 from monai_unetzoo.networks import ResUNet
 from monai_unetzoo.numerics import (
     NonFiniteTrainingError,
@@ -26,6 +27,7 @@ from monai_unetzoo.numerics import (
     bf16_backward_is_safe,
     bf16_gradients_reproducible,
     convs_smaller_than_kernel,
+    describe_engine_precision,
     nonfinite_tensor_names,
 )
 
@@ -178,7 +180,8 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoints(tmp_path):
     with pytest.raises(NonFiniteTrainingError) as info:
         trainer.run()
     msg = str(info.value)
-    assert "epoch 2, iteration 3: the loss is nan" in msg and "precision: fp32" in msg and "--autocast fp32" in msg
+    assert "epoch 2, iteration 3: the loss is nan" in msg and "precision: fp32" in msg
+    assert "--learning_rate" in msg and "--autocast" not in msg  # already fp32: nothing to switch off
     assert nonfinite_tensor_names(net.state_dict())  # the weights in memory did diverge
     saved = load_checkpoint_file(tmp_path / "resume.pt")
     assert saved["trainer"]["iteration"] == 2
@@ -212,3 +215,17 @@ def test_nonfinite_metric_stops_evaluation_before_the_best_model_is_saved():
     assert saved == [0.5]
     with pytest.raises(NonFiniteTrainingError, match="per_class"):
         StopOnNonFiniteMetrics()(evaluator)  # default: every metric
+
+
+def test_precision_named_in_messages_and_bf16_advice():
+    engine = Engine(lambda e, b: None)
+    engine.inferer = AutocastForwardInferer(amp="auto")
+    engine.inferer.last_dtype = torch.bfloat16
+    assert describe_engine_precision(engine) == "bf16 autocast (AutocastForwardInferer amp='auto')"
+    engine.state.output = {"loss": torch.tensor(math.inf)}
+    with pytest.raises(NonFiniteTrainingError, match=r"the loss is inf; precision: bf16 .*try: --autocast fp32"):
+        StopOnNonFiniteLoss(check_weights=False)(engine)
+    engine.inferer = SlidingWindowPredictor(roi_size=(8, 8), amp="bf16")
+    assert describe_engine_precision(engine) == "SlidingWindowPredictor amp='bf16'"
+    engine.inferer, engine.amp = None, True
+    assert describe_engine_precision(engine) == "CUDA automatic mixed precision (SupervisedTrainer amp=True)"
