@@ -283,24 +283,17 @@ def bf16_backward_is_safe(
 
     Unsafe when :func:`convs_smaller_than_kernel` finds a convolution (the rule from the sweep in
     ``benchmarks/RESULTS.md``, deterministic) or :func:`bf16_gradients_reproducible` sees two backward passes
-    disagree (defects the rule does not know). Under ``torch.distributed`` the verdict is all-reduced so that every
-    rank trains in the same precision. Costs one forward and two forward+backward passes of a copy, once per input
-    shape.
+    disagree (defects the rule does not know). No collective under ``torch.distributed`` (the ranks call this at
+    their first batch of each shape, which need not coincide): the rule gives every rank the same verdict; should
+    only one rank's repeat check fail, that rank trains in fp32 and the others in bf16 (DDP averages fp32 gradients
+    either way). Costs one forward and two forward+backward passes of a copy, once per input shape.
 
     Returns:
         ``(safe, reason)``: the reason names the first offending convolutions, or says the gradients differed.
     """
     small = convs_smaller_than_kernel(network, input_shape)
     if small:
-        reason = f"convolutions see inputs smaller than their kernels ({'; '.join(small[:3])})"
-    elif not bf16_gradients_reproducible(network, input_shape, memory_format=memory_format):
-        reason = "two bf16 backward passes on the same input gave different (or non-finite) gradients"
-    else:
-        reason = ""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        flag = torch.tensor([0.0 if reason else 1.0])
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)  # gloo works on CPU tensors; NCCL ranks never get here
-        if not reason and flag.item() == 0.0:
-            reason = "another rank found bf16 backward unsafe"
-    return not reason, reason
+        return False, f"convolutions see inputs smaller than their kernels ({'; '.join(small[:3])})"
+    if not bf16_gradients_reproducible(network, input_shape, memory_format=memory_format):
+        return False, "two bf16 backward passes on the same input gave different (or non-finite) gradients"
+    return True, ""
