@@ -92,11 +92,8 @@ def describe_engine_precision(engine: Engine) -> str:
     """
     inferer = getattr(engine, "inferer", None)
     if hasattr(inferer, "last_dtype"):
-        dtype = inferer.last_dtype
-        name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
-        amp = getattr(inferer, "amp", None)
-        return f"{name} autocast (AutocastForwardInferer amp={amp!r})" if dtype is not None else (
-            f"fp32 (AutocastForwardInferer amp={amp!r})")
+        name = {torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast"}.get(inferer.last_dtype, "fp32")
+        return f"{name} ({type(inferer).__name__} amp={getattr(inferer, 'amp', None)!r})"
     if getattr(inferer, "amp", None) not in (None, False):  # e.g. SlidingWindowPredictor
         return f"{type(inferer).__name__} amp={inferer.amp!r}"
     if getattr(engine, "amp", False):
