@@ -339,7 +339,7 @@ def _tiny_training(data: Path, out: Path, *extra: str) -> subprocess.CompletedPr
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(BUNDLE / "train.json"),
            "--dataset_dir", str(data), "--output_dir", str(out), "--patch_size", "[16,16,16]", "--batch_size", "1",
-           "--val_interval", "1", "--num_workers", "0", "--num_threads", "1", *extra]
+           "--val_interval", "1", "--num_workers", "0", "--num_threads", "1", "--device", "cpu", *extra]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
