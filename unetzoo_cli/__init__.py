@@ -104,7 +104,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--bundle", required=True, metavar="DIR", help="bundle folder, e.g. bundles/hippocampus")
     p.add_argument(
-        "--checkpoint", metavar="FILE", help="trained weights (default: <bundle>/models/model.pt)"
+        "--checkpoint", metavar="FILE", nargs="+", default=None,
+        help="trained weights (default: <bundle>/models/model.pt); several files, or a folder of fold checkpoints "
+        "(<folder>/*/model.pt), make an ensemble that averages their probabilities",
     )
     p.add_argument(
         "--input",

@@ -31,6 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .folds import fold_split
 from .generated import (
     exit_on_data_error,
     generation_scratch_folder,
@@ -205,11 +206,21 @@ def build_msd_datalist(
     return sorted(datalist, key=lambda d: d["case_id"])
 
 
+def msd_case_order(n: int, seed: int = 0) -> list[int]:
+    """The permutation of ``n`` cases (sorted by case id) the split and the folds cut: MONAI's
+    ``partition_dataset(shuffle=True, seed=seed)`` order (``numpy.random.RandomState(seed).shuffle``)."""
+    order = list(range(n))
+    np.random.RandomState(seed).shuffle(order)
+    return order
+
+
 def split_msd_cases(
     datalist: Sequence[dict[str, Any]],
     val_fraction: float = 0.2,
     num_val: int | None = None,
     seed: int = 0,
+    fold: int | None = None,
+    num_folds: int = 5,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Deterministic train/validation split of an MSD datalist.
 
@@ -217,11 +228,16 @@ def split_msd_cases(
     :func:`monai.data.partition_dataset` (``shuffle=True, seed=seed``) into ``num_val`` validation cases (default
     ``round(val_fraction * n)``, at least 1 when ``val_fraction > 0``) and the rest. Both parts come back sorted by
     case id. For the 208 open Task04 cases the defaults give 166 training and 42 validation cases.
+
+    ``fold`` (0-based, with ``num_folds``): cross-validation fold instead (:mod:`monai_unetzoo.data.folds`; fold 0
+    of 5 is the default split above).
     """
     from monai.data import partition_dataset
 
     items = sorted(datalist, key=lambda d: str(d["case_id"]))
     n = len(items)
+    if fold is not None:
+        return fold_split(items, msd_case_order(n, seed), fold, num_folds)
     if num_val is None:
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}.")
@@ -247,15 +263,19 @@ def msd_datalists(
     num_train_cases: int | None = None,
     num_val_cases: int | None = None,
     validate: bool = True,
+    fold: int | None = None,
+    num_folds: int = 5,
 ) -> dict[str, list[dict[str, str]]]:
-    """``{"training", "validation", "all_training", "test"}`` datalists of an MSD folder.
+    """``{"training", "validation", "all_training", "test"}`` datalists of an MSD folder (``fold``/``num_folds``:
+    a cross-validation fold instead of the fixed split, see :func:`split_msd_cases`).
 
     ``training``/``validation`` are the fixed split of :func:`split_msd_cases`; ``num_train_cases`` /
     ``num_val_cases`` (``None`` = all) keep only the first cases of each part -- for quick runs and tests; the split
     itself does not change. ``all_training`` is every labelled case, ``test`` the unlabelled ``test`` section.
     """
     all_training = build_msd_datalist(dataset_dir, "training", validate=validate)
-    train, val = split_msd_cases(all_training, val_fraction=val_fraction, num_val=num_val, seed=seed)
+    train, val = split_msd_cases(all_training, val_fraction=val_fraction, num_val=num_val, seed=seed, fold=fold,
+                                 num_folds=num_folds)
     for name, n in (("num_train_cases", num_train_cases), ("num_val_cases", num_val_cases)):
         if n is not None and int(n) < 1:
             raise ValueError(f"{name} must be >= 1 or None, got {n}.")

@@ -142,7 +142,8 @@ class _BatchRecord:
             "python_version": platform.python_version(),
             "platform": platform.platform(),
             "bundle": {"path": str(b.root), "name": b.name, "version": b.version},
-            "checkpoint": {"path": str(b.checkpoint), "sha256": b.checkpoint_sha256},
+            "checkpoint": {"path": str(b.checkpoint), "sha256": b.checkpoint_sha256,
+                           "members": [{"path": str(p), "sha256": sha} for p, sha in b.members]},
             "settings": {
                 **self.pipeline.settings.as_dict(),
                 "device_requested": self.settings.device,

@@ -59,7 +59,8 @@ def _header(bundle: PredictionBundle, resolved: ResolvedSettings) -> list[str]:
     return [
         f"monai-unetzoo {__version__}: bundle '{bundle.name}' {bundle.version} ({bundle.spatial_dims}D, "
         f"{bundle.in_channels} input channel(s); labels {labels})",
-        f"  weights   {bundle.checkpoint} (sha256 {bundle.checkpoint_sha256[:16]}...)",
+        *(f"  weights   {path} (sha256 {sha[:16]}...)" for path, sha in bundle.members),
+        *([f"  ensemble  mean probability of {len(bundle.members)} networks"] if len(bundle.members) > 1 else []),
         f"  device    {resolved.device} ({resolved.threads} thread(s)); window "
         f"{'x'.join(str(r) for r in resolved.roi_size)}, overlap {resolved.overlap}, TTA {tta}, precision "
         f"{resolved.precision}, post-processing {resolved.postprocess}",
