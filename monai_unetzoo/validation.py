@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data.generated import exit_on_data_error
+from .data.generated import raise_or_exit
 
 __all__ = [
     "DatalistValidationError",
@@ -304,9 +304,7 @@ def bundle_data_check(
 
 
 def _dlv_fail(error: DatalistValidationError, exit_on_error: bool) -> None:
-    if not exit_on_error:
-        raise error
-    exit_on_data_error(error)
+    raise_or_exit(error, exit_on_error)
 
 
 def _dlv_check_image(image: _DLVImage, path: str, in_channels: int | None, spatial_dims: int | None,

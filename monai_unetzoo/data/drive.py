@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .folds import fold_split
-from .generated import exit_on_data_error, log_synthetic_data_banner
+from .generated import log_synthetic_data_banner, raise_or_exit
 
 __all__ = [
     "DRIVE_KEYS",
@@ -299,9 +299,7 @@ def resolve_drive_dataset_dir(
     try:
         build_drive_datalist(root, "training", validate=False)  # raises a DriveDatasetError listing what is missing
     except DriveDatasetError as exc:
-        if not exit_on_error:
-            raise
-        exit_on_data_error(exc)
+        raise_or_exit(exc, exit_on_error)
     logger.info("DRIVE data set: %s", root)
     return str(root)
 

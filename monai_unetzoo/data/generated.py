@@ -97,3 +97,10 @@ def exit_on_data_error(error: Exception) -> NoReturn:
     """
     print(f"ERROR: {error}", file=sys.stderr, flush=True)
     raise SystemExit(2)
+
+
+def raise_or_exit(error: Exception, exit_on_error: bool) -> NoReturn:
+    """``raise error``, or with ``exit_on_error`` print it and exit with status 2 (:func:`exit_on_data_error`)."""
+    if not exit_on_error:
+        raise error
+    exit_on_data_error(error)

@@ -33,10 +33,10 @@ import numpy as np
 
 from .folds import fold_split
 from .generated import (
-    exit_on_data_error,
     generation_scratch_folder,
     log_synthetic_data_banner,
     publish_generated_folder,
+    raise_or_exit,
     reuse_or_clear_generated_folder,
 )
 
@@ -476,8 +476,6 @@ def resolve_msd_dataset_dir(
     try:
         build_msd_datalist(root, "training", validate=False)  # raises an MSDDatasetError listing what is missing
     except MSDDatasetError as exc:
-        if not exit_on_error:
-            raise
-        exit_on_data_error(exc)
+        raise_or_exit(exc, exit_on_error)
     logger.info("MSD data set: %s", root)
     return str(root)
