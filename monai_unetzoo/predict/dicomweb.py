@@ -101,6 +101,7 @@ def _study_cases(client, url: str, study: str, out_root: Path, suffix: str, skip
             case.problem = f"{url} series {uid}: the study already holds our SEG of this checkpoint (already done)"
         else:
             case.output = out_root / f"{case.rel_stem}{suffix}"
+            case.prob_output = out_root / f"{case.rel_stem}_prob.nii.gz"
         cases.append(case)
     return cases
 

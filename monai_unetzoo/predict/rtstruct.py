@@ -22,13 +22,28 @@ def _ascending_along_normal(source_datasets: list) -> bool:
     return last >= first
 
 
+def _spacing_swapped(source_datasets: list) -> list:
+    """Header copies with ``PixelSpacing`` reversed, for rt-utils (1.2.7), whose pixel-to-patient matrix scales the
+    row direction (the column index) by ``PixelSpacing[0]`` -- the spacing between rows. The standard pairs the
+    row direction with ``PixelSpacing[1]``; with the values swapped its matrix is right for non-square pixels too
+    (and unchanged for square ones). Only geometry is read from these copies; UIDs and patient data are the same."""
+    import copy
+
+    out = []
+    for ds in source_datasets:
+        c = copy.deepcopy(ds)  # headers only (read without pixel data)
+        c.PixelSpacing = [ds.PixelSpacing[1], ds.PixelSpacing[0]]
+        out.append(c)
+    return out
+
+
 def build_rtstruct(labels: np.ndarray, source_datasets: list, bundle: PredictionBundle, software_version: str):
     """An RT Structure Set (pydicom ``Dataset``) of ``labels`` (``(x, y, z)``, ``source_datasets[k]`` = slice
     ``k``), one ROI per foreground label named as the bundle's segments."""
     from rt_utils import ds_helper
     from rt_utils.rtstruct import RTStruct
 
-    datasets, mask = list(source_datasets), np.transpose(labels, (1, 0, 2))  # rt-utils: (rows, columns, slice)
+    datasets, mask = _spacing_swapped(source_datasets), np.transpose(labels, (1, 0, 2))  # (rows, columns, slice)
     if not _ascending_along_normal(datasets):  # rt-utils indexes slices in ascending position along the normal
         datasets, mask = datasets[::-1], mask[:, :, ::-1]
     rt = RTStruct(datasets, ds_helper.create_rtstruct_dataset(datasets))
