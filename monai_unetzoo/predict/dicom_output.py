@@ -143,10 +143,10 @@ class DicomOutputPipeline(CasePipeline):
 
         return build_dicom_seg(result.labels, result.sources, self.bundle, __version__)
 
-    def _write_dicom(self, case: PredictionCase, result: DicomCaseResult, path: Path) -> None:
+    def _write_dicom(self, case: PredictionCase, result: DicomCaseResult, path: Path, ds) -> None:
+        """Push ``ds`` (with ``--push``, a DICOMweb case) and write it to ``path`` atomically; record its UIDs."""
         from .dicomweb import RemoteSeriesCase, push_dataset
 
-        ds = self._dicom_object(case, result)
         pushed = ""
         if self.push and isinstance(case, RemoteSeriesCase):  # first: a local file marks the case done
             push_dataset(case.url, ds)
@@ -158,6 +158,17 @@ class DicomOutputPipeline(CasePipeline):
         self.dicom_outputs[case.case_id] = {**result.written, "series_instance_uid": str(ds.SeriesInstanceUID),
                                             "sop_class_uid": str(ds.SOPClassUID)}
 
+    def _write_seg_if_possible(self, case: PredictionCase, result: DicomCaseResult) -> None:
+        """``auto``: the SEG beside the NIfTI; a series that cannot carry one (e.g. headers without a Frame of
+        Reference, which the SEG IOD requires) keeps its NIfTI, with the reason in the row's ``error`` column. A
+        failed push is not excused: it fails the case, so that the next run tries again."""
+        try:
+            ds = self._dicom_object(case, result)
+        except (ValueError, AttributeError, TypeError) as exc:
+            result.written = {"error": f"no DICOM SEG written: {type(exc).__name__}: {exc} (the NIfTI is)"}
+            return
+        self._write_dicom(case, result, _seg_beside(case.output), ds)
+
     def write(self, case: PredictionCase, result: CaseResult, save_probabilities: bool = False) -> None:
         """The DICOM object (when the format asks for one and the input is a series), then the usual outputs
         (``auto``/``nifti``, or the probabilities) -- each atomically, the case's ``output`` last."""
@@ -165,13 +176,13 @@ class DicomOutputPipeline(CasePipeline):
         if sources is None:
             return super().write(case, result, save_probabilities)
         if self.output_format == "auto":
-            self._write_dicom(case, result, _seg_beside(case.output))
+            self._write_seg_if_possible(case, result)
             return super().write(case, result, save_probabilities)
         if save_probabilities and case.prob_output is not None:
             from ..volume_io import write_scan_like
 
             write_scan_like(np.clip(result.probs, 0.0, 1.0), result.grid, case.prob_output, kind="prob")
-        self._write_dicom(case, result, case.output)
+        self._write_dicom(case, result, case.output, self._dicom_object(case, result))
 
     def measure(self, result: CaseResult) -> dict[str, Any]:
         return {**super().measure(result), **getattr(result, "written", {})}
