@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .generated import log_synthetic_data_banner
+from .generated import exit_on_data_error, log_synthetic_data_banner
 
 __all__ = [
     "DRIVE_KEYS",
@@ -260,6 +260,7 @@ def resolve_drive_dataset_dir(
     num_test: int = 2,
     image_size: Sequence[int] = (256, 256),
     seed: int = 0,
+    exit_on_error: bool = False,
 ) -> str:
     """The DRIVE folder a bundle should use.
 
@@ -269,6 +270,8 @@ def resolve_drive_dataset_dir(
     Any other value must be a real DRIVE folder: it is checked with :func:`build_drive_datalist` and a folder that
     does not hold DRIVE raises :class:`DriveDatasetError` -- never a silent fall-back to synthetic data.
     (A folder literally named ``synthetic`` in the working directory is reached as ``./synthetic``.)
+
+    ``exit_on_error`` (bundle configs): print the problems and exit with status 2 instead of raising.
     """
     if str(dataset_dir) == SYNTHETIC_SENTINEL:
         from .synthetic import write_synthetic_drive
@@ -281,7 +284,12 @@ def resolve_drive_dataset_dir(
             "random vessel trees", out, "retinal vessel segmentation", "/path/to/DRIVE")
         return str(out)
     root = Path(dataset_dir).expanduser().resolve()
-    build_drive_datalist(root, "training", validate=False)  # raises a DriveDatasetError listing what is missing
+    try:
+        build_drive_datalist(root, "training", validate=False)  # raises a DriveDatasetError listing what is missing
+    except DriveDatasetError as exc:
+        if not exit_on_error:
+            raise
+        exit_on_data_error(exc)
     logger.info("DRIVE data set: %s", root)
     return str(root)
 

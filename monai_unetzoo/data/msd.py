@@ -32,6 +32,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .generated import (
+    exit_on_data_error,
     generation_scratch_folder,
     log_synthetic_data_banner,
     publish_generated_folder,
@@ -430,6 +431,7 @@ def resolve_msd_dataset_dir(
     num_test: int = 2,
     shape: Sequence[int] = (36, 50, 36),
     seed: int = 0,
+    exit_on_error: bool = False,
 ) -> str:
     """The MSD folder a bundle should use.
 
@@ -439,6 +441,8 @@ def resolve_msd_dataset_dir(
     file checked (:func:`build_msd_datalist` without header reads); a folder that is not an MSD data set raises
     :class:`MSDDatasetError` -- never a silent fall-back to synthetic data. (A folder literally named ``synthetic``
     in the working directory is reached as ``./synthetic``.)
+
+    ``exit_on_error`` (bundle configs): print the problems and exit with status 2 instead of raising.
     """
     if str(dataset_dir) == MSD_SYNTHETIC_SENTINEL:
         out = write_synthetic_msd_hippocampus(synthetic_dir, num_training=num_training, num_test=num_test,
@@ -449,6 +453,11 @@ def resolve_msd_dataset_dir(
             "ellipsoid 'hippocampi'", out, "hippocampus segmentation", "/path/to/Task04_Hippocampus")
         return str(out)
     root = Path(dataset_dir).expanduser().resolve()
-    build_msd_datalist(root, "training", validate=False)  # raises an MSDDatasetError listing what is missing
+    try:
+        build_msd_datalist(root, "training", validate=False)  # raises an MSDDatasetError listing what is missing
+    except MSDDatasetError as exc:
+        if not exit_on_error:
+            raise
+        exit_on_data_error(exc)
     logger.info("MSD data set: %s", root)
     return str(root)

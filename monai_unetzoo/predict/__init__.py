@@ -75,7 +75,9 @@ argmax/threshold on the input's own grid (``scores_to_labels``) -> declared post
 Outputs under ``--output``, mirroring the input folders: ``<stem>_seg<suffix>`` (labels, uint8/uint16) and, with
 ``--save-probabilities``, ``<stem>_prob<suffix>``; ``summary.csv`` and ``provenance.json`` (with ``--shard i/n``:
 ``summary.shard-i-of-n.csv``, ``provenance.shard-i-of-n.json``), ``errors.log`` with tracebacks of unexpected
-errors. A case is done when its final output exists; running again skips it unless ``--overwrite``.
+errors. A case is done when its outputs exist and its record (:mod:`.records`) shows they were written by this
+bundle, checkpoint and settings and are unchanged; running again skips those unless ``--overwrite`` and predicts
+every other case (again). One run at a time per output folder and shard (:mod:`.lock`).
 """
 
 from __future__ import annotations

@@ -154,6 +154,29 @@ def _axes(value: Any, spatial_dims: int, what: str) -> tuple[int, ...] | None:
     return axes
 
 
+def _check_network_contract(network: torch.nn.Module, fmt: dict[str, Any], roi_size: tuple[int, ...], where: str) -> None:
+    """One forward pass on zeros of one window, before any case: the network must take the metadata's input
+    channels and give its output channels, else every case would fail (or, worse, be labelled from the wrong
+    channels). Raises :class:`BundleConfigError` naming both numbers."""
+    shape = tuple(r if r > 0 else 32 for r in roi_size)
+    x = torch.zeros((1, fmt["in_channels"], *shape))
+    device = next((p.device for p in network.parameters()), torch.device("cpu"))
+    try:
+        with torch.no_grad():
+            out = network.eval()(x.to(device))
+    except Exception as exc:
+        raise BundleConfigError(
+            f"{where}: network_def does not accept a window of {fmt['in_channels']} channel(s) x {shape}, the input "
+            f"metadata.json declares (network_data_format.inputs.image.num_channels) ({type(exc).__name__}: {exc})"
+        ) from exc
+    out = out[0] if isinstance(out, (list, tuple)) else out
+    if out.ndim != x.ndim or out.shape[1] != fmt["out_channels"]:
+        raise BundleConfigError(
+            f"{where}: metadata.json declares {fmt['out_channels']} output channel(s) "
+            f"(network_data_format.outputs.pred.num_channels) but network_def gives {tuple(out.shape)}"
+        )
+
+
 def prediction_bundle_from_parts(
     root: str | os.PathLike,
     metadata: Mapping[str, Any],
@@ -212,7 +235,7 @@ def prediction_bundle_from_parts(
     overlap = arg("overlap", 0.5)
     with quiet_optional_reader_warnings():
         stripped, raster_reader = _strip_loader(preprocessing)
-    network.eval()
+    _check_network_contract(network, fmt, roi_size, str(root))
     channels_last_network(network)  # the predictor's windows are channels-last: matching weights, 1.7-2x on CPU
     amp = arg("amp", None)
     return PredictionBundle(

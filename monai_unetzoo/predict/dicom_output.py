@@ -160,12 +160,12 @@ class DicomOutputPipeline(CasePipeline):
 
     def _write_seg_if_possible(self, case: PredictionCase, result: DicomCaseResult) -> None:
         """``auto``: the SEG beside the NIfTI; a series that cannot carry one (e.g. headers without a Frame of
-        Reference, which the SEG IOD requires) keeps its NIfTI, with the reason in the row's ``error`` column. A
+        Reference, which the SEG IOD requires) keeps its NIfTI, with the reason in the row's ``note`` column. A
         failed push is not excused: it fails the case, so that the next run tries again."""
         try:
             ds = self._dicom_object(case, result)
         except (ValueError, AttributeError, TypeError) as exc:
-            result.written = {"error": f"no DICOM SEG written: {type(exc).__name__}: {exc} (the NIfTI is)"}
+            result.written = {"note": f"no DICOM SEG written: {type(exc).__name__}: {exc} (the NIfTI is)"}
             return
         self._write_dicom(case, result, _seg_beside(case.output), ds)
 

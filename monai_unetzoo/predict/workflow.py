@@ -14,6 +14,7 @@ from .batch import EXIT_USAGE, run_batch_prediction
 from .bundle import BundleConfigError, PredictionBundle, load_prediction_bundle
 from .dicom_output import DicomOutputPipeline, discover_cases_for_output
 from .discovery import check_output_writable, select_shard
+from .lock import OutputFolderBusy, OutputFolderLock
 from .settings import PredictionSettings, ResolvedSettings
 
 __all__ = ["run_predict_command", "settings_from_arguments"]
@@ -93,20 +94,27 @@ def run_predict_command(args: argparse.Namespace) -> int:
     except (BundleConfigError, ValueError) as exc:
         return _usage_error(str(exc))
     pending = [c for c in cases if c.problem is None]
-    done = [c for c in pending if c.output is not None and c.output.is_file()]
+    existing = [c for c in pending if c.output is not None and c.output.is_file()]
     for line in _header(bundle, resolved):
         info(line)
     shard_note = f" (shard {args.shard[0]}/{args.shard[1]} of {total})" if args.shard else ""
-    redo = ", redone with --overwrite" if args.overwrite else ", skipped"
-    info(f"  input     {input_root}: {len(cases)} input(s){shard_note}, {len(done)} already done{redo}; "
+    redo = "redone with --overwrite" if args.overwrite else "kept if made by this bundle, checkpoint and settings"
+    info(f"  input     {input_root}: {len(cases)} input(s){shard_note}, {len(existing)} with an output ({redo}); "
          f"{len(cases) - len(pending)} not usable as images (listed in the summary)")
     info(f"  output    {out_dir}")
     if args.dry_run:
         for c in cases:
             print(f"{c.case_id}\t{c.problem if c.problem else c.output}")
         return 0
-    pipeline = DicomOutputPipeline(bundle, resolved, push=args.push)
-    extra = {"input_root": str(input_root), "inputs": [str(Path(p)) for p in args.input],
-             "checkpoint_arg": args.checkpoint}
-    return run_batch_prediction(pipeline, cases, out_dir, settings, extra_provenance=extra,
-                                log=lambda msg: print(msg, flush=True))
+    try:
+        lock = OutputFolderLock(out_dir, args.shard).__enter__()
+    except (OutputFolderBusy, OSError) as exc:
+        return _usage_error(str(exc))
+    try:
+        pipeline = DicomOutputPipeline(bundle, resolved, push=args.push)
+        extra = {"input_root": str(input_root), "inputs": [str(Path(p)) for p in args.input],
+                 "checkpoint_arg": args.checkpoint}
+        return run_batch_prediction(pipeline, cases, out_dir, settings, extra_provenance=extra,
+                                    log=lambda msg: print(msg, flush=True))
+    finally:
+        lock.__exit__(None, None, None)
