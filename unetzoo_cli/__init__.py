@@ -6,7 +6,8 @@ This module parses the command line and answers ``--help``, ``--version`` and ar
 library only; the prediction code is imported when there is work to do.
 
 Exit codes: 0 every case ok or skipped; 1 at least one case failed (see summary.csv); 2 usage error (bad bundle or
-checkpoint, input not found, output folder not writable, CUDA requested but absent); 130/143 interrupted by
+checkpoint, input not found, output folder not writable or in use, CUDA requested but absent); 3 stopped because the
+output could not be written (disk full, quota); 130/143 interrupted by
 Ctrl-C/SIGTERM (the case in progress is abandoned cleanly; run the same command again to finish).
 """
 
@@ -38,8 +39,10 @@ What it writes under --output (input sub-folders are mirrored, inputs are never 
                        (one-class 2D bundles write 0/255 PNG/TIFF masks; label maps keep values 0..C-1)
   provenance.json      versions, bundle, checkpoint SHA-256, all settings, start and end time
 
-Running the same command again skips the inputs already done and finishes the rest (--overwrite redoes them).
-Exit code: 0 all ok or skipped, 1 some input failed (see summary.csv), 2 usage error, 143/130 interrupted.
+Running the same command again skips the inputs already done by the same bundle, checkpoint and settings and
+finishes the rest (--overwrite redoes them).
+Exit code: 0 all ok or skipped, 1 some input failed (see summary.csv), 2 usage error, 3 stopped because the output
+could not be written (disk full: free space and rerun), 143/130 interrupted.
 """
 
 
