@@ -142,9 +142,9 @@ def transfer_syntax_note(headers: SeriesHeaders) -> str:
 
 def series_files(folder: Path, series_id: str | None) -> list[Path]:
     """The files of one series of ``folder`` as GDCM (and so MONAI's ``ITKReader``) groups them."""
-    from .discovery import _dicom_series
+    from ..volume_io import dicom_series_in_folder
 
-    series = _dicom_series(folder)
+    series = dicom_series_in_folder(folder)
     for uid, names in series:
         if series_id is None or uid == series_id:
             return names
