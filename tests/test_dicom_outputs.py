@@ -280,8 +280,8 @@ def test_dicom_input_problems_are_named_per_series(hippocampus_dir, tmp_path):
     assert set(segs) == {a["series_uid"], b["series_uid"]}  # each series its own SEG, never mixed
     assert int(segs[b["series_uid"]]["posterior_voxels"]) == 0 and int(segs[a["series_uid"]]["posterior_voxels"]) > 0
     assert status["rle/"][0] == "ok" and int(rows["rle/"]["anterior_voxels"]) == int((lab == 1).sum())
-    assert status["gap/"][0] == "failed" and "missing slice" in status["gap/"][1]
-    assert status["tilted/"][0] == "failed" and "inconsistent orientation" in status["tilted/"][1]
+    assert status["gap/"][0] == "failed" and "not evenly spaced" in status["gap/"][1]
+    assert status["tilted/"][0] == "failed" and "different orientations" in status["tilted/"][1]
     sr = next(k for k in rows if k.startswith("report"))
     assert status[sr][0] == "skipped" and "not an image" in status[sr][1]
     assert status["plain.nii.gz"][0] == "failed" and "needs a DICOM series" in status["plain.nii.gz"][1]
@@ -383,7 +383,7 @@ def test_dicomweb_predict_push_skip_and_a_broken_series(orthanc, hippocampus_dir
     key = {s["series_uid"]: f"{s['study_uid']}/{s['series_uid']}" for s in (s1, s2, broken)}
     assert rows[key[s1["series_uid"]]]["status"] == "ok" and rows[key[s2["series_uid"]]]["status"] == "ok"
     assert rows[key[broken["series_uid"]]]["status"] == "failed"
-    assert "missing slice" in rows[key[broken["series_uid"]]]["error"]
+    assert "not evenly spaced" in rows[key[broken["series_uid"]]]["error"]
     for s in (s1, s2):
         held = _series_in_study(orthanc, s["study_uid"])
         segs = [d for d in held if d.Modality == "SEG"]

@@ -1,12 +1,12 @@
 """DICOM series as sources of DICOM outputs: their headers (pydicom, pixel data never read), the checks that turn a
 bad series into one named error before any prediction, and the source slices in the order of a loaded grid.
 
-Why checks of our own on top of GDCM's reading: GDCM/ITK stacks whatever slices a series has. A series with a
-missing slice is read as a volume whose slice spacing is wrong from the gap on, slices with different orientations
-or pixel spacings are read on the first slice's grid, and a SR/PR object in the folder is not an image at all.
-Each of these gives a wrong segmentation (or a GDCM message nobody understands); here each is a sentence in the
-summary (``failed``, or ``skipped`` for non-image objects) and the rest of the batch goes on. These checks are
-separate from (and complementary to) the slice checks of :mod:`monai_unetzoo.volume_io`.
+Why checks of our own on top of GDCM's reading: GDCM/ITK stacks whatever slices a series has: slices with other
+pixel spacings or matrix sizes are read on the first slice's grid, and a SR/PR object in the folder is not an
+image at all. Each gives a wrong segmentation (or a GDCM message nobody understands); here each is a sentence in
+the summary (``failed``, or ``skipped`` for non-image objects) and the rest of the batch goes on. Gaps, duplicated
+positions and mixed orientations are refused when the series is read (:mod:`monai_unetzoo.header_checks`); these
+checks complement those.
 """
 
 from __future__ import annotations
@@ -58,25 +58,17 @@ def _is_image(ds) -> bool:
     return str(ds.get("Modality", "")).upper() not in NON_IMAGE_MODALITIES and "Rows" in ds and "Columns" in ds
 
 
-def _slice_normal(ds) -> np.ndarray:
-    iop = np.asarray([float(v) for v in ds.ImageOrientationPatient], dtype=np.float64)
-    return np.cross(iop[:3], iop[3:])
-
-
 def _geometry_problem(headers: SeriesHeaders) -> str | None:
-    """Orientation, pixel spacing and matrix must agree across slices (else GDCM reads them on the first one's grid)."""
+    """Pixel spacing and matrix must agree across slices (else GDCM reads them on the first one's grid). Gaps,
+    duplicated positions and mixed orientations are checked when the series is read
+    (:func:`monai_unetzoo.header_checks.check_dicom_stack`)."""
     first = headers.datasets[0]
     for name in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing"):
         missing = [f.name for f, ds in zip(headers.files, headers.datasets) if name not in ds]
         if missing:
             return f"{len(missing)} slice(s) lack {name} (e.g. {missing[0]}); cannot place them in space"
-    ref_iop = np.asarray([float(v) for v in first.ImageOrientationPatient])
     ref_ps = np.asarray([float(v) for v in first.PixelSpacing])
     for f, ds in zip(headers.files, headers.datasets):
-        iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])
-        if not np.allclose(iop, ref_iop, atol=_ORIENTATION_TOL):
-            return (f"inconsistent orientation between slices: {f.name} has ImageOrientationPatient "
-                    f"{iop.round(6).tolist()}, {headers.files[0].name} {ref_iop.round(6).tolist()}")
         ps = np.asarray([float(v) for v in ds.PixelSpacing])
         if not np.allclose(ps, ref_ps, rtol=1e-4):
             return (f"inconsistent pixel spacing between slices: {f.name} has PixelSpacing {ps.tolist()}, "
@@ -87,46 +79,17 @@ def _geometry_problem(headers: SeriesHeaders) -> str | None:
     return None
 
 
-def _spacing_problem(headers: SeriesHeaders) -> str | None:
-    """Slices must be evenly spaced along the normal: a larger step is a missing slice, a zero step a duplicate."""
-    if len(headers.datasets) < 2:
-        return None
-    normal = _slice_normal(headers.datasets[0])
-    pos = sorted(
-        (float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient])), f.name)
-        for f, ds in zip(headers.files, headers.datasets)
-    )
-    steps = np.diff([p for p, _ in pos])
-    step = float(np.median(steps))
-    tol = _POSITION_TOL_MM * max(step, 1.0) + 1e-3
-    for i, s in enumerate(steps):
-        if s <= tol:
-            return f"two slices at the same position ({pos[i][1]} and {pos[i + 1][1]}, {pos[i][0]:.3f} mm along the normal)"
-    big = np.flatnonzero(steps > step + max(tol, 0.01 * step))
-    if big.size:
-        i = int(big[0])
-        missing = int(round(steps[i] / step)) - 1
-        return (f"missing slice(s): a gap of {steps[i]:.4g} mm between {pos[i][1]} and {pos[i + 1][1]} where the "
-                f"series steps by {step:.4g} mm (about {max(missing, 1)} slice(s) absent)")
-    small = np.flatnonzero(steps < step - max(tol, 0.01 * step))
-    if small.size:
-        i = int(small[0])
-        return (f"inconsistent slice spacing: {steps[i]:.4g} mm between {pos[i][1]} and {pos[i + 1][1]} where the "
-                f"series steps by {step:.4g} mm")
-    return None
-
-
 def series_header_problem(headers: SeriesHeaders) -> tuple[str, str] | None:
     """``(status, reason)`` when the series must not be predicted, else None: ``("skipped", ...)`` for objects
-    without an image (SR, PR, SEG, ...), ``("failed", ...)`` for a missing slice, duplicated slice positions or
-    inconsistent orientation/pixel spacing/matrix between slices."""
+    without an image (SR, PR, SEG, ...), ``("failed", ...)`` for slices without position/orientation or with
+    inconsistent pixel spacing/matrix size."""
     images = [ds for ds in headers.datasets if _is_image(ds)]
     if not images:
         kinds = sorted({str(ds.get("Modality", "?")) for ds in headers.datasets})
         return "skipped", f"not an image series (DICOM {'/'.join(kinds)} object(s)); nothing to segment"
     if len(images) != len(headers.datasets):
         return "failed", "the series mixes image and non-image objects"
-    problem = _geometry_problem(headers) or _spacing_problem(headers)
+    problem = _geometry_problem(headers)
     return ("failed", problem) if problem else None
 
 
