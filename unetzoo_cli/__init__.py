@@ -25,11 +25,13 @@ examples:
   unetzoo predict --bundle bundles/hippocampus --input /data/mri --output /data/mri_seg
   unetzoo predict --bundle bundles/drive --input "photos/*.tif" --output vessels --device cpu
   unetzoo predict --bundle bundles/hippocampus --input /data/mri --output /data/mri_seg --shard 2/4
+  unetzoo predict --bundle bundles/hippocampus --input dicomweb+http://pacs:8042/dicom-web --study 1.2.3 --output seg --push
 
 What it writes under --output (input sub-folders are mirrored, inputs are never modified):
   <name>_seg.<ext>     the segmentation, on exactly the input's grid (same shape, spacing, origin, direction);
                        NIfTI -> NIfTI, NRRD/MHA -> NRRD/MHA, TIFF -> TIFF, PNG/JPEG/GIF -> PNG,
-                       a DICOM series (a folder of slices) -> NIfTI (.nii.gz)
+                       a DICOM series (a folder of slices) -> NIfTI (.nii.gz) and a DICOM SEG <name>_seg.dcm
+                       (--output-format nifti: NIfTI only; dicom-seg: SEG only; rtstruct: <name>_rtstruct.dcm)
   <name>_prob.<ext>    class probabilities, with --save-probabilities (PNG/JPEG/GIF inputs: a float TIFF)
   summary.csv          one row per input: status (ok / skipped / failed / interrupted), reason, seconds, shape,
                        spacing, post-processing, and per label the voxel count, the volume in mL (pixels and
@@ -114,7 +116,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="PATH",
         help="a scan file, a folder (searched recursively; a folder of DICOM slices is one scan), or a quoted glob"
-        " such as \"scans/**/*.nii.gz\"; several may be given",
+        " such as \"scans/**/*.nii.gz\"; several may be given; or a DICOMweb server:"
+        " dicomweb+http://HOST:PORT/dicom-web (with --study/--query)",
     )
     p.add_argument("--output", required=True, metavar="DIR", help="folder for the results (created if missing)")
     p.add_argument("--device", type=_device, default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
@@ -136,6 +139,17 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", type=_shard, default=None, metavar="i/n", help="process only part i of n (several machines)")
     p.add_argument("--dry-run", action="store_true",
                    help="list the inputs and where their outputs would go, then stop (writes nothing)")
+    p.add_argument("--output-format", choices=("auto", "nifti", "dicom-seg", "rtstruct"), default="auto",
+                   help="auto: a DICOM series gets a DICOM SEG (<name>_seg.dcm) next to its NIfTI, other inputs their"
+                   " usual output; nifti: no DICOM output; dicom-seg / rtstruct: only the DICOM SEG / RT-STRUCT "
+                   "(DICOM series inputs only)")
+    p.add_argument("--study", action="append", default=None, metavar="UID",
+                   help="with a DICOMweb --input: a Study Instance UID to predict (repeatable; default: all studies)")
+    p.add_argument("--query", action="append", default=None, metavar="KEY=VALUE",
+                   help="with a DICOMweb --input: a QIDO-RS study search filter such as PatientID=123 (repeatable)")
+    p.add_argument("--push", action="store_true",
+                   help="with a DICOMweb --input: store each DICOM SEG/RT-STRUCT into the study it came from "
+                   "(STOW-RS); series already holding our SEG of the same checkpoint are skipped")
     p.add_argument("--quiet", action="store_true", help="no progress bar; print only the final one-line summary")
     return parser
 

@@ -4,7 +4,9 @@ Modules, one concept each: :mod:`.bundle` (the contract below, resolved into a `
 :mod:`.settings` (user choices resolved against the bundle, in one place), :mod:`.discovery` (inputs -> cases and
 output names), :mod:`.case` (one case: read -> preprocess -> predict -> invert -> labels -> write),
 :mod:`.postprocess` (declared label post-processing), :mod:`.batch` (summary, provenance, signals) and
-:mod:`.bundle_step` (the same per-case code inside a bundle's own ``run inferring``).
+:mod:`.bundle_step` (the same per-case code inside a bundle's own ``run inferring``); DICOM outputs and a PACS:
+:mod:`.dicom_output` (``--output-format``, the pipeline writing them), :mod:`.dicom_series` (series header checks),
+:mod:`.dicom_seg` (DICOM SEG, highdicom), :mod:`.rtstruct` (RT-STRUCT, rt-utils), :mod:`.dicomweb` (QIDO/WADO/STOW).
 
 This is the engine behind ``unetzoo predict`` (see :mod:`monai_unetzoo.cli`); it can also be driven from Python:
 ``load_prediction_bundle`` + ``PredictionSettings(...).resolve(bundle)`` + ``CasePipeline`` +

@@ -78,7 +78,7 @@ class _BatchRecord:
         self.pipeline, self.cases, self.settings = pipeline, cases, settings
         names = summary_file_names(settings.shard)
         self.summary_path, self.provenance_path, self.errors_path = (out_root / n for n in names)
-        self.columns = BASE_COLUMNS + summary_label_columns(pipeline.bundle)
+        self.columns = BASE_COLUMNS + list(pipeline.summary_columns) + summary_label_columns(pipeline.bundle)
         if settings.save_probabilities:
             self.columns.insert(3, "probabilities")
         self.rows: dict[str, dict[str, Any]] = {}
@@ -160,6 +160,7 @@ class _BatchRecord:
             "counts": self.counts(),
             "cases_predicted": list(self.predicted),
             "previous_runs": self.previous_runs,
+            **self.pipeline.provenance_extra(),
         }
         _write_text_atomic(self.provenance_path, json.dumps(prov, indent=2, default=str) + "\n")
 
@@ -180,6 +181,9 @@ class _BatchRunner:
 
     def _measure_existing(self, case: PredictionCase, row: dict[str, Any]) -> None:
         try:
+            existing = self.pipeline.measure_existing(case)
+            if existing is not None:
+                return row.update(existing)
             labels_img, grid = load_scan(case.output)
             labels = labels_img[0].numpy().round().astype(np.int64)
             if binary_mask_scale(self.pipeline.bundle, grid) != 1:

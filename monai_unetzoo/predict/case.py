@@ -132,8 +132,18 @@ class CasePipeline:
     """Predict cases of one bundle with one set of resolved settings.
 
     ``pipeline.predict(case)`` -> :class:`CaseResult`; ``pipeline.write(case, result)`` writes the label map (and
-    the probabilities) atomically; ``pipeline.measure(result)`` gives the summary columns.
+    the probabilities) atomically; ``pipeline.measure(result)`` gives the summary columns. Subclasses writing other
+    formats (:class:`~.dicom_output.DicomOutputPipeline`) add ``summary_columns``, ``measure_existing`` (columns of
+    an output a previous run wrote; None: measure it as a scan) and ``provenance_extra``.
     """
+
+    summary_columns: tuple[str, ...] = ()
+
+    def measure_existing(self, case: PredictionCase) -> dict[str, Any] | None:
+        return None
+
+    def provenance_extra(self) -> dict[str, Any]:
+        return {}
 
     def __init__(self, bundle: PredictionBundle, settings: ResolvedSettings):
         self.bundle, self.settings = bundle, settings

@@ -12,8 +12,8 @@ import torch
 from .. import __version__
 from .batch import EXIT_USAGE, run_batch_prediction
 from .bundle import BundleConfigError, PredictionBundle, load_prediction_bundle
-from .case import CasePipeline
-from .discovery import check_output_writable, discover_prediction_cases, select_shard
+from .dicom_output import DicomOutputPipeline, discover_cases_for_output
+from .discovery import check_output_writable, select_shard
 from .lock import OutputFolderBusy, OutputFolderLock
 from .settings import PredictionSettings, ResolvedSettings
 
@@ -39,6 +39,8 @@ def settings_from_arguments(args: argparse.Namespace) -> PredictionSettings:
         overwrite=args.overwrite,
         quiet=args.quiet,
         shard=args.shard,
+        output_format=args.output_format,
+        push=args.push,
     )
 
 
@@ -79,8 +81,8 @@ def run_predict_command(args: argparse.Namespace) -> int:
         return _usage_error(problem)
     settings = settings_from_arguments(args)
     try:
-        cases, input_root = discover_prediction_cases(args.input, out_dir, save_probabilities=args.save_probabilities)
-    except (FileNotFoundError, ValueError) as exc:
+        cases, input_root = discover_cases_for_output(args, out_dir)  # files/folders or DICOMweb; --output-format
+    except (OSError, ValueError) as exc:
         return _usage_error(str(exc))
     if not cases:
         return _usage_error(f"no input files found in {' '.join(args.input)}")
@@ -110,7 +112,7 @@ def run_predict_command(args: argparse.Namespace) -> int:
     except (OutputFolderBusy, OSError) as exc:
         return _usage_error(str(exc))
     try:
-        pipeline = CasePipeline(bundle, resolved)
+        pipeline = DicomOutputPipeline(bundle, resolved, push=args.push)
         extra = {"input_root": str(input_root), "inputs": [str(Path(p)) for p in args.input],
                  "checkpoint_arg": args.checkpoint}
         return run_batch_prediction(pipeline, cases, out_dir, settings, extra_provenance=extra,
