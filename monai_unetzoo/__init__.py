@@ -18,6 +18,7 @@ from . import (  # noqa: F401,E402
     losses,
     metrics,
     networks,
+    numerics,
     predict,
     presets,
     schedule,

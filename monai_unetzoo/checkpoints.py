@@ -74,10 +74,13 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver
 
+from .numerics import NonFiniteTrainingError, nonfinite_tensor_names
+
 __all__ = [
     "RESUME_FILENAME",
     "CorruptCheckpointError",
     "IncompatibleCheckpointError",
+    "refuse_nonfinite_checkpoint",
     "save_checkpoint_atomically",
     "load_checkpoint_file",
     "checkpoint_state_dict",
@@ -111,8 +114,25 @@ def _ckpt_current_rank() -> int:
     return 0
 
 
-def save_checkpoint_atomically(obj: Any, path: str | os.PathLike, **save_kwargs: Any) -> Path:
-    """``torch.save(obj, path)`` such that ``path`` is never seen half-written.
+def refuse_nonfinite_checkpoint(obj: Any, path: str | os.PathLike) -> None:
+    """Raise :class:`~monai_unetzoo.numerics.NonFiniteTrainingError` if ``obj`` holds a NaN/Inf float tensor.
+
+    Called before every checkpoint write: a diverged training must not replace the last good ``model.pt`` or
+    ``resume.pt`` (the file on disk is left as it is). Integer tensors (RNG states) are not checked.
+    """
+    bad = nonfinite_tensor_names(obj)
+    if bad:
+        raise NonFiniteTrainingError(
+            f"{path}: not saved, the checkpoint would hold non-finite values in {len(bad)} tensor(s) "
+            f"({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}); the file on disk keeps its previous content. "
+            "The training diverged: try --autocast fp32 or a lower --learning_rate."
+        )
+
+
+def save_checkpoint_atomically(
+    obj: Any, path: str | os.PathLike, require_finite: bool = True, **save_kwargs: Any
+) -> Path:
+    """``torch.save(obj, path)`` such that ``path`` is never seen half-written, nor replaced by NaN weights.
 
     Serialises into ``<path>.tmp-<pid>`` in the destination folder, flushes and ``fsync``\\ s it, then
     ``os.replace``\\ s it onto ``path`` and ``fsync``\\ s the folder (so the rename survives a power cut). If
@@ -124,12 +144,15 @@ def save_checkpoint_atomically(obj: Any, path: str | os.PathLike, **save_kwargs:
         obj: what ``torch.save`` accepts (for loading with ``weights_only=True``: tensors, dicts, lists, tuples,
             numbers, strings).
         path: the final file.
+        require_finite: refuse (:func:`refuse_nonfinite_checkpoint`) to write NaN/Inf float tensors.
         save_kwargs: passed to ``torch.save``.
 
     Returns:
         ``Path(path)``.
     """
     path = Path(path)
+    if require_finite:
+        refuse_nonfinite_checkpoint(obj, path)
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.glob(path.name + _TMP_MARK + "*"):  # left by a process killed mid-write
         try:
@@ -346,12 +369,19 @@ class AtomicCheckpointSaver(CheckpointSaver):
 
         An exception before the first iteration (e.g. a damaged resume checkpoint raised on ``STARTED``, a data
         loader failing on its first batch) would otherwise make MONAI overwrite ``model_last.pt`` with weights this
-        run never trained -- the fresh initialisation -- and destroy the previous run's final model.
+        run never trained -- the fresh initialisation -- and destroy the previous run's final model. A
+        :class:`~monai_unetzoo.numerics.NonFiniteTrainingError` (a diverged training) is re-raised without a save
+        too: the weights are NaN (and the write would be refused anyway, hiding the original error).
         """
         if self._iterations_this_run == 0:
             if self.logger is not None:
                 self.logger.info("Exception raised before any iteration of this run: the final checkpoint is not "
                                  "written (an existing file is kept).")
+            raise e
+        if isinstance(e, NonFiniteTrainingError):
+            if self.logger is not None:
+                self.logger.info("Training stopped on non-finite values: the final checkpoint is not written (an "
+                                 "existing file is kept).")
             raise e
         super().exception_raised(engine, e)
 
@@ -426,8 +456,9 @@ class ResumeCheckpointSaver:
         if self._last_saved_iteration == engine.state.iteration:
             return  # COMPLETED right after the last epoch's save: same state
         state = checkpoint_state_dict(self.save_dict)
+        refuse_nonfinite_checkpoint(state, self.path)  # on every rank, so that all of them stop
         if _ckpt_current_rank() == self.save_rank:
-            save_checkpoint_atomically(state, self.path)
+            save_checkpoint_atomically(state, self.path, require_finite=False)
             self.logger.info(
                 f"Saved resume checkpoint {self.path} (epoch {engine.state.epoch}, iteration {engine.state.iteration})"
             )

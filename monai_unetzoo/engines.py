@@ -38,7 +38,9 @@ so that both stay on the same grid. Bundle config::
 
 from __future__ import annotations
 
+import logging
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -52,6 +54,9 @@ from monai.utils import ensure_tuple, string_list_all_gather
 
 from .inference import resolve_autocast_dtype
 from .metrics import ROIAUCMetric, ROIConfusionMetric, write_case_table
+from .numerics import bf16_backward_is_safe
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "AutocastForwardInferer",
@@ -75,16 +80,25 @@ class AutocastForwardInferer(Inferer):
     fp32; weights, gradients and the optimizer stay fp32. bf16 keeps fp32's exponent range, so no gradient scaler
     is needed (fp16 would need one: for fp16 on CUDA use ``SupervisedTrainer(amp=True)`` instead).
 
+    Training on a CPU with ``amp="auto"``: before the first training forward of each input shape, a one-time check
+    (:func:`monai_unetzoo.numerics.bf16_backward_is_safe`, on a copy of the network) decides whether bf16 backward
+    is reliable there; if not, this shape trains in fp32 and a warning says why. On AVX512-BF16 CPUs without AMX the
+    bf16 weight gradient of a convolution whose input is smaller than its kernel (a 2^3 bottleneck: 16^3 patches
+    through a 4-level ResUNet) is garbage that changes from run to run (benchmarks/RESULTS.md); the real hippocampus
+    patch 40x56x40 (bottleneck 5x7x5) passes and keeps bf16. Forward-only calls (``torch.no_grad``, eval mode) are
+    not checked: the defect is in the backward pass.
+
     Args:
         amp: ``"auto"`` (bf16 where the device computes it natively: CUDA with ``is_bf16_supported()``, CPUs with
-            AVX512-BF16/AMX; otherwise fp32), ``"bf16"`` (always), ``None``/``"fp32"`` (off: same as
-            ``SimpleInferer``).
+            AVX512-BF16/AMX, and on CPUs only where the check above passes; otherwise fp32), ``"bf16"`` (always,
+            unchecked), ``None``/``"fp32"`` (off: same as ``SimpleInferer``).
         channels_last: pass 4D/5D inputs in channels-last layout (NHWC/NDHWC), the layout oneDNN and cuDNN
             prefer; convert the network too (``network.to(memory_format=torch.channels_last)``) for full effect.
             The numbers are the same, only the memory layout changes.
 
     ``__call__(inputs, network)``: inputs (B, C_in, *spatial) -> network output as fp32 (a tensor, or a list/tuple
-    of tensors for deep-supervision networks), shapes unchanged.
+    of tensors for deep-supervision networks), shapes unchanged. ``last_dtype`` is the autocast dtype of the latest
+    call (None: fp32), for error messages (:func:`monai_unetzoo.numerics.describe_engine_precision`).
     """
 
     def __init__(self, amp: str | bool | None = "auto", channels_last: bool = True) -> None:
@@ -94,12 +108,40 @@ class AutocastForwardInferer(Inferer):
                              "(use SupervisedTrainer(amp=True) on CUDA).")
         self.amp = amp
         self.channels_last = channels_last
+        self.last_dtype: torch.dtype | None = None
+        self._bf16_verdicts: dict[tuple[int, ...], bool] = {}
+
+    def _memory_format(self, ndim: int) -> torch.memory_format | None:
+        if not self.channels_last or ndim not in (4, 5):
+            return None
+        return torch.channels_last if ndim == 4 else torch.channels_last_3d
+
+    def _checked_dtype(self, inputs: torch.Tensor, network: Any) -> torch.dtype | None:
+        """``resolve_autocast_dtype``, then for ``amp="auto"`` bf16 training on a CPU the one-time bf16 check."""
+        dtype = resolve_autocast_dtype(self.amp, inputs.device)
+        auto = self.amp is True or (isinstance(self.amp, str) and self.amp.lower() == "auto")
+        training = torch.is_grad_enabled() and getattr(network, "training", False)
+        if not (auto and training and dtype == torch.bfloat16 and inputs.device.type == "cpu"):
+            return dtype
+        key = tuple(inputs.shape)
+        if key not in self._bf16_verdicts:
+            safe, reason = bf16_backward_is_safe(network, key, memory_format=self._memory_format(inputs.ndim))
+            self._bf16_verdicts[key] = safe
+            if not safe:
+                warnings.warn(f"AutocastForwardInferer(amp='auto'): training on input {key} in fp32, not bf16: "
+                              f"{reason} (bf16 backward would give garbage gradients on this CPU; see "
+                              "benchmarks/RESULTS.md).", stacklevel=3)
+            else:
+                logger.info("AutocastForwardInferer(amp='auto'): bf16 backward checked for input %s: reproducible.",
+                            key)
+        return dtype if self._bf16_verdicts[key] else None
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        dtype = resolve_autocast_dtype(self.amp, inputs.device)
-        if self.channels_last and inputs.ndim in (4, 5):
-            inputs = inputs.contiguous(memory_format=torch.channels_last if inputs.ndim == 4
-                                       else torch.channels_last_3d)
+        dtype = self._checked_dtype(inputs, network)
+        self.last_dtype = dtype
+        memory_format = self._memory_format(inputs.ndim)
+        if memory_format is not None:
+            inputs = inputs.contiguous(memory_format=memory_format)
         with torch.autocast(device_type=inputs.device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
             outputs = network(inputs, *args, **kwargs)
         if isinstance(outputs, (list, tuple)):

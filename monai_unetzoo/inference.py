@@ -47,6 +47,7 @@ from monai.inferers.utils import sliding_window_inference
 from monai.utils import BlendMode, PytorchPadMode
 
 __all__ = [
+    "ProbabilityEnsemble",
     "SlidingWindowPredictor",
     "WindowScoreFunction",
     "scores_to_labels",
@@ -161,6 +162,44 @@ def mirror_axis_combinations(tta_axes: Sequence[int] | int | None, spatial_dims:
     return [c for r in range(len(dims) + 1) for c in itertools.combinations(dims, r)]
 
 
+class ProbabilityEnsemble(nn.Module):
+    """Several networks of one bundle (e.g. cross-validation folds) as one: ``forward(x)`` is the mean of the
+    members' *activated* outputs (softmax or sigmoid probabilities, float32), as nnU-Net ensembles folds.
+
+    ``x (B, C_in, *spatial) -> (B, C, *spatial)`` probabilities. :class:`SlidingWindowPredictor` sees
+    ``returns_probabilities`` and does not activate again, so an ensemble runs window by window like one network:
+    no full-volume copy per member. Members run under the caller's autocast; the activation and the mean run in
+    float32 with autocast off. With identical members the result equals one member's exactly.
+
+    Args:
+        members: the networks (same input/output channels), in eval mode.
+        activation: ``"softmax"`` (over channels) or ``"sigmoid"``.
+    """
+
+    returns_probabilities = True
+
+    def __init__(self, members: Sequence[nn.Module], activation: str = "softmax") -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member network.")
+        if activation not in ("softmax", "sigmoid"):
+            raise ValueError(f"activation must be 'softmax' or 'sigmoid', got {activation!r}.")
+        self.members = nn.ModuleList(members)
+        self.activation = activation
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total: torch.Tensor | None = None
+        for member in self.members:
+            out = member(x)
+            out = out[0] if isinstance(out, (list, tuple)) else out  # deep supervision: the final head
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                out = out.float()
+                prob = torch.softmax(out, dim=1) if self.activation == "softmax" else torch.sigmoid(out)
+            total = prob if total is None else total + prob
+        assert total is not None
+        return total / len(self.members) if len(self.members) > 1 else total
+
+
 class WindowScoreFunction:
     """The per-window callable handed to MONAI's ``sliding_window_inference`` in place of the network.
 
@@ -218,7 +257,9 @@ class WindowScoreFunction:
                 " expected (W, C, *spatial) with the same number W of windows."
             )
         out = out.float()  # activation, TTA sum and blending in fp32, whatever autocast produced
-        if self.activation == "softmax":
+        if getattr(self.network, "returns_probabilities", False):
+            pass  # a ProbabilityEnsemble: its members' probabilities are already averaged
+        elif self.activation == "softmax":
             if out.shape[1] == 1:
                 raise ValueError(
                     "activation='softmax' on a 1-channel network output is 1 everywhere; use activation='sigmoid'"

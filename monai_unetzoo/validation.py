@@ -44,6 +44,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .data.generated import raise_or_exit
+
 __all__ = [
     "DatalistValidationError",
     "validate_datalist",
@@ -302,10 +304,7 @@ def bundle_data_check(
 
 
 def _dlv_fail(error: DatalistValidationError, exit_on_error: bool) -> None:
-    if not exit_on_error:
-        raise error
-    print(f"ERROR: {error}", file=sys.stderr, flush=True)
-    raise SystemExit(2)
+    raise_or_exit(error, exit_on_error)
 
 
 def _dlv_check_image(image: _DLVImage, path: str, in_channels: int | None, spatial_dims: int | None,

@@ -57,6 +57,7 @@ __all__ = [
     "remove_stale_temporaries",
     "quiet_optional_reader_warnings",
     "tiff_pixel_size_mm",
+    "dicom_series_in_folder",
 ]
 
 # suffix -> format family
@@ -251,6 +252,61 @@ def _tiff_resolution(path: Path) -> tuple[dict[str, Any], tuple[float, float] | 
         return {}, None
 
 
+def dicom_series_in_folder(folder: Path) -> list[tuple[str, list[Path]]]:
+    """``(series identifier, files)`` per DICOM series directly in ``folder``, grouped exactly as MONAI's
+    ``ITKReader`` groups them (ITK's GDCMSeriesFileNames with series details and the series-date restriction), so
+    that each identifier can be handed to ``ITKReader(series_name=...)``; files in the reader's slice order."""
+    import itk
+
+    names = itk.GDCMSeriesFileNames.New()
+    names.SetUseSeriesDetails(True)
+    names.AddSeriesRestriction("0008|0021")  # Series Date, as monai.data.ITKReader
+    names.SetDirectory(str(folder))
+    return [(uid, [Path(n) for n in names.GetFileNames(uid)]) for uid in sorted(str(u) for u in names.GetSeriesUIDs())]
+
+
+def _check_header_before_reading(path: Path, family: str) -> None:
+    from .header_checks import HeaderCheckError, check_declared_size
+
+    try:
+        check_declared_size(path, family)
+    except HeaderCheckError as exc:
+        raise ScanReadError(str(exc)) from exc
+    except Exception:  # a header the checks cannot parse: the reader below reports it with its own words
+        pass
+
+
+def _check_grid_after_reading(image: Any, grid: ScanGrid) -> None:
+    """NIfTI units to mm (for the network only: outputs keep the input's header), valid voxel sizes, and a
+    regular DICOM stack; see :mod:`monai_unetzoo.header_checks`."""
+    from .header_checks import (
+        HeaderCheckError,
+        check_dicom_stack,
+        check_nifti_pixdim,
+        check_voxel_sizes,
+        nifti_unit_scale,
+    )
+
+    try:
+        if grid.family == "nifti":
+            check_nifti_pixdim(grid.nifti_image, grid.source)
+            scale = nifti_unit_scale(grid.nifti_image)
+            if scale != 1.0:
+                d = grid.spatial_dims
+                grid.affine = grid.affine.copy()
+                grid.affine[:d, :] *= scale
+                image.affine = torch.as_tensor(grid.affine)
+        if grid.physical:
+            check_voxel_sizes(grid.affine, grid.source)
+        if grid.family == "dicom" and grid.spatial_dims == 3:
+            series = dict(dicom_series_in_folder(grid.source))
+            files = series.get(grid.series_uid) if grid.series_uid else next(iter(series.values()), None)
+            if files is not None:
+                check_dicom_stack(grid.source, files, grid.spacing[2], grid.spatial_shape[2])
+    except HeaderCheckError as exc:
+        raise ScanReadError(str(exc)) from exc
+
+
 def _make_reader(family: str, series_uid: str | None):
     from monai.data import ITKReader, NibabelReader, PILReader
 
@@ -340,6 +396,8 @@ def load_scan(
     if raster_reader is not None and (family == "raster" or (family == "tiff" and _single_page_tiff(path))):
         reader = raster_reader
     axes_reversed = type(reader).__name__ == "PILReader" and not getattr(reader, "reverse_indexing", True)
+    if family in ("nifti", "itk"):
+        _check_header_before_reading(path, family)
     try:
         image = _shared_loader()(str(path), reader=reader)
     except Exception as exc:
@@ -377,6 +435,7 @@ def load_scan(
         raise
     except Exception as exc:
         raise ScanReadError(f"{path}: cannot read the header geometry ({_short_error(exc)})") from exc
+    _check_grid_after_reading(image, grid)
     return image, grid
 
 
@@ -571,12 +630,28 @@ def atomic_output_path(final: str | os.PathLike) -> Iterator[Path]:
                 tmp.unlink()
 
 
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # our own temporaries of this file are never in use when we clean up before writing it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
 def remove_stale_temporaries(final: str | os.PathLike) -> list[Path]:
-    """Delete temporaries of ``final`` left by a killed run (``<stem>.tmp-*<suffix>``); return what was removed."""
+    """Delete temporaries of ``final`` left by a killed run (``<stem>.tmp-<pid>-<token><suffix>``); return what was
+    removed. A temporary whose writing process is still alive is left alone (it is another run's file in progress)."""
     final = Path(final)
     stem, suffix = split_scan_suffix(final.name)
     removed = []
     for p in final.parent.glob(f"{glob.escape(stem)}{_TEMP_TAG}*{glob.escape(suffix)}"):
+        owner = p.name[len(stem) + len(_TEMP_TAG):].split("-", 1)[0]
+        if owner.isdigit() and _process_alive(int(owner)):
+            continue
         with contextlib.suppress(OSError):
             p.unlink()
             removed.append(p)

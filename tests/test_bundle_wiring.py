@@ -22,18 +22,19 @@ TRAIN = {name: REPO / "bundles" / name / "train.json" for name in ("drive", "hip
 
 #: Top-level values both train.json hold with the same content: the shared recipe skeleton (paths, switches, split
 #: and device handling, optimiser, resume state, logging). A change to one of them must be made in both bundles.
-#: The issue counted 24; ``data_check`` joined them when its logic moved into ``bundle_data_check``.
+#: The issue counted 24; ``data_check`` joined them when its logic moved into ``bundle_data_check``, ``fold`` and
+#: ``num_folds`` with cross-validation.
 SHARED_TOP_LEVEL = (
     "output_dir", "resume", "validate_data", "dataset_dir", "is_synthetic", "val_fraction", "split_seed",
     "train_split", "train_datalist", "val_datalist", "device", "torch_device", "seed", "num_threads",
     "learning_rate", "amp", "autocast", "network", "optimizer", "resume_state", "log_file", "log_file_handler",
-    "run", "training", "data_check",
+    "run", "training", "data_check", "fold", "num_folds",
 )
 
 
 def test_the_shared_top_level_values_stay_equal():
     drive, hippo = (json.loads(TRAIN[n].read_text()) for n in ("drive", "hippocampus"))
-    assert len(SHARED_TOP_LEVEL) == 25
+    assert len(SHARED_TOP_LEVEL) == 27
     differ = [k for k in SHARED_TOP_LEVEL if drive.get(k, "<missing>") != hippo.get(k, "<missing>")]
     assert not differ, {k: (drive.get(k), hippo.get(k)) for k in differ}
     # and nothing else became equal by accident without being listed (the list is the contract)

@@ -29,7 +29,7 @@ ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2")
 
 
 def run(cmd: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, encoding="utf-8", errors="replace", timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc
 
@@ -60,14 +60,21 @@ def assert_same_itk_grid(seg_path: Path, src_path: Path) -> None:
     np.testing.assert_allclose(seg.GetDirection(), src.GetDirection(), rtol=0, atol=1e-6)
 
 
-def predict_both_ways(bundle: str, ckpt: Path, inputs: Path, tmp: Path) -> tuple[Path, Path]:
-    """The CLI and the bundle's own inference on the same inputs and checkpoint; returns both output folders."""
+def predict_both_ways(bundle: str, ckpt: Path, files: list[Path], tmp: Path, suffix: str) -> tuple[Path, list]:
+    """The CLI and the bundle's own inference on the same real inputs and checkpoint: every case ok and the two
+    segmentations byte-identical. Returns the CLI's output folder and its summary rows."""
+    inputs = link_inputs(tmp / "in", files)
     cli_out, bundle_out = tmp / "cli", tmp / "bundle"
     run([UNETZOO, "predict", "--bundle", str(REPO / "bundles" / bundle), "--checkpoint", str(ckpt), "--input",
          str(inputs), "--output", str(cli_out), "--quiet"])
     bundle_command("inferring", bundle, "inference.json", "--ckpt_path", str(ckpt), "--input_dir", str(inputs),
                    "--infer_dir", str(bundle_out))
-    return cli_out, bundle_out
+    rows = read_summary(cli_out / "summary.csv")
+    assert [r["status"] for r in rows] == ["ok"] * len(files), rows
+    for src in files:
+        name = src.name.replace(suffix, "_seg" + suffix)
+        assert (cli_out / name).read_bytes() == (bundle_out / name).read_bytes(), f"{name}: the two paths differ"
+    return cli_out, rows
 
 
 @pytest.fixture(scope="module")
@@ -107,14 +114,9 @@ def test_short_training_still_leaves_model_pt(hippocampus_model, drive_model):
 @pytest.mark.real_data
 def test_hippocampus_cli_and_bundle_inference_agree_on_real_volumes(hippocampus_model, hippocampus_dir, tmp_path):
     files = sorted((hippocampus_dir / "imagesTr").glob("hippocampus_*.nii.gz"))[:3]
-    inputs = link_inputs(tmp_path / "in", files)
-    cli_out, bundle_out = predict_both_ways("hippocampus", hippocampus_model, inputs, tmp_path)
-    rows = read_summary(cli_out / "summary.csv")
-    assert [r["status"] for r in rows] == ["ok"] * len(files), rows
+    cli_out, rows = predict_both_ways("hippocampus", hippocampus_model, files, tmp_path, ".nii.gz")
     for src in files:
         name = src.name.replace(".nii.gz", "_seg.nii.gz")
-        a, b = (cli_out / name).read_bytes(), (bundle_out / name).read_bytes()
-        assert a == b, f"{name}: unetzoo predict and run inferring differ"
         seg, img = nib.load(cli_out / name), nib.load(src)
         assert seg.shape == img.shape
         np.testing.assert_array_equal(seg.affine, img.affine)
@@ -138,15 +140,11 @@ def test_hippocampus_cli_and_bundle_inference_agree_on_real_volumes(hippocampus_
 @pytest.mark.real_data
 def test_drive_cli_and_bundle_inference_agree_on_real_test_images(drive_model, drive_dir, tmp_path):
     files = sorted((drive_dir / "test" / "images").glob("*.tif"))[:2]
-    inputs = link_inputs(tmp_path / "in", files)
-    cli_out, bundle_out = predict_both_ways("drive", drive_model, inputs, tmp_path)
-    rows = read_summary(cli_out / "summary.csv")
-    assert [r["status"] for r in rows] == ["ok"] * len(files), rows
+    cli_out, rows = predict_both_ways("drive", drive_model, files, tmp_path, ".tif")
     import tifffile
 
     for src in files:
         name = src.name.replace(".tif", "_seg.tif")
-        assert (cli_out / name).read_bytes() == (bundle_out / name).read_bytes(), name
         seg = tifffile.imread(cli_out / name)
         photo = np.asarray(Image.open(src))
         assert seg.shape == photo.shape[:2] == (584, 565)
@@ -216,11 +214,11 @@ def test_help_imports_neither_torch_nor_monai():
         "heavy = sorted(m for m in ('torch', 'monai', 'numpy', 'monai_unetzoo') if m in sys.modules)\n"
         "print('HEAVY', heavy)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", errors="replace", cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "--precision" in proc.stdout and "--threads" in proc.stdout
     assert "HEAVY []" in proc.stdout, proc.stdout
-    console = subprocess.run([UNETZOO, "--help"], capture_output=True, text=True, timeout=120)
+    console = subprocess.run([UNETZOO, "--help"], capture_output=True, encoding="utf-8", errors="replace", timeout=120)
     assert console.returncode == 0 and "predict" in console.stdout
 
 
@@ -230,7 +228,7 @@ def test_dry_run_writes_nothing_and_damaged_checkpoint_is_a_usage_error(hippocam
     out = tmp_path / "never_created"
     proc = subprocess.run([UNETZOO, "predict", "--bundle", str(REPO / "bundles" / "hippocampus"), "--checkpoint",
                            str(hippocampus_model), "--input", str(src), "--output", str(out), "--dry-run"],
-                          capture_output=True, text=True, env=ENV, timeout=300)
+                          capture_output=True, encoding="utf-8", errors="replace", env=ENV, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert str(out / src.name.replace(".nii.gz", "_seg.nii.gz")) in proc.stdout
     assert not out.exists()
@@ -238,6 +236,6 @@ def test_dry_run_writes_nothing_and_damaged_checkpoint_is_a_usage_error(hippocam
     truncated.write_bytes(hippocampus_model.read_bytes()[:1000])
     proc = subprocess.run([UNETZOO, "predict", "--bundle", str(REPO / "bundles" / "hippocampus"), "--checkpoint",
                            str(truncated), "--input", str(src), "--output", str(tmp_path / "o")],
-                          capture_output=True, text=True, env=ENV, timeout=300)
+                          capture_output=True, encoding="utf-8", errors="replace", env=ENV, timeout=300)
     assert proc.returncode == 2
     assert f"{truncated}: truncated or corrupt checkpoint" in proc.stderr

@@ -6,7 +6,8 @@ This module parses the command line and answers ``--help``, ``--version`` and ar
 library only; the prediction code is imported when there is work to do.
 
 Exit codes: 0 every case ok or skipped; 1 at least one case failed (see summary.csv); 2 usage error (bad bundle or
-checkpoint, input not found, output folder not writable, CUDA requested but absent); 130/143 interrupted by
+checkpoint, input not found, output folder not writable or in use, CUDA requested but absent); 3 stopped because the
+output could not be written (disk full, quota); 130/143 interrupted by
 Ctrl-C/SIGTERM (the case in progress is abandoned cleanly; run the same command again to finish).
 """
 
@@ -24,11 +25,13 @@ examples:
   unetzoo predict --bundle bundles/hippocampus --input /data/mri --output /data/mri_seg
   unetzoo predict --bundle bundles/drive --input "photos/*.tif" --output vessels --device cpu
   unetzoo predict --bundle bundles/hippocampus --input /data/mri --output /data/mri_seg --shard 2/4
+  unetzoo predict --bundle bundles/hippocampus --input dicomweb+http://pacs:8042/dicom-web --study 1.2.3 --output seg --push
 
 What it writes under --output (input sub-folders are mirrored, inputs are never modified):
   <name>_seg.<ext>     the segmentation, on exactly the input's grid (same shape, spacing, origin, direction);
                        NIfTI -> NIfTI, NRRD/MHA -> NRRD/MHA, TIFF -> TIFF, PNG/JPEG/GIF -> PNG,
-                       a DICOM series (a folder of slices) -> NIfTI (.nii.gz)
+                       a DICOM series (a folder of slices) -> NIfTI (.nii.gz) and a DICOM SEG <name>_seg.dcm
+                       (--output-format nifti: NIfTI only; dicom-seg: SEG only; rtstruct: <name>_rtstruct.dcm)
   <name>_prob.<ext>    class probabilities, with --save-probabilities (PNG/JPEG/GIF inputs: a float TIFF)
   summary.csv          one row per input: status (ok / skipped / failed / interrupted), reason, seconds, shape,
                        spacing, post-processing, and per label the voxel count, the volume in mL (pixels and
@@ -40,8 +43,10 @@ What it writes under --output (input sub-folders are mirrored, inputs are never 
                        every case: open it while the batch runs)
   provenance.json      versions, bundle, checkpoint SHA-256, all settings, start and end time
 
-Running the same command again skips the inputs already done and finishes the rest (--overwrite redoes them).
-Exit code: 0 all ok or skipped, 1 some input failed (see summary.csv), 2 usage error, 143/130 interrupted.
+Running the same command again skips the inputs already done by the same bundle, checkpoint and settings and
+finishes the rest (--overwrite redoes them).
+Exit code: 0 all ok or skipped, 1 some input failed (see summary.csv), 2 usage error, 3 stopped because the output
+could not be written (disk full: free space and rerun), 143/130 interrupted.
 """
 
 
@@ -105,7 +110,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--bundle", required=True, metavar="DIR", help="bundle folder, e.g. bundles/hippocampus")
     p.add_argument(
-        "--checkpoint", metavar="FILE", help="trained weights (default: <bundle>/models/model.pt)"
+        "--checkpoint", metavar="FILE", nargs="+", default=None,
+        help="trained weights (default: <bundle>/models/model.pt); several files, or a folder of fold checkpoints "
+        "(<folder>/*/model.pt), make an ensemble that averages their probabilities",
     )
     p.add_argument(
         "--input",
@@ -113,7 +120,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar="PATH",
         help="a scan file, a folder (searched recursively; a folder of DICOM slices is one scan), or a quoted glob"
-        " such as \"scans/**/*.nii.gz\"; several may be given",
+        " such as \"scans/**/*.nii.gz\"; several may be given; or a DICOMweb server:"
+        " dicomweb+http://HOST:PORT/dicom-web (with --study/--query)",
     )
     p.add_argument("--output", required=True, metavar="DIR", help="folder for the results (created if missing)")
     p.add_argument("--device", type=_device, default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
@@ -135,6 +143,17 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", type=_shard, default=None, metavar="i/n", help="process only part i of n (several machines)")
     p.add_argument("--dry-run", action="store_true",
                    help="list the inputs and where their outputs would go, then stop (writes nothing)")
+    p.add_argument("--output-format", choices=("auto", "nifti", "dicom-seg", "rtstruct"), default="auto",
+                   help="auto: a DICOM series gets a DICOM SEG (<name>_seg.dcm) next to its NIfTI, other inputs their"
+                   " usual output; nifti: no DICOM output; dicom-seg / rtstruct: only the DICOM SEG / RT-STRUCT "
+                   "(DICOM series inputs only)")
+    p.add_argument("--study", action="append", default=None, metavar="UID",
+                   help="with a DICOMweb --input: a Study Instance UID to predict (repeatable; default: all studies)")
+    p.add_argument("--query", action="append", default=None, metavar="KEY=VALUE",
+                   help="with a DICOMweb --input: a QIDO-RS study search filter such as PatientID=123 (repeatable)")
+    p.add_argument("--push", action="store_true",
+                   help="with a DICOMweb --input: store each DICOM SEG/RT-STRUCT into the study it came from "
+                   "(STOW-RS); series already holding our SEG of the same checkpoint are skipped")
     p.add_argument("--preview", action=argparse.BooleanOptionalAction, default=True,
                    help="write a preview PNG per case (segmentation over the image) shown in report.html (default: on)")
     p.add_argument("--quiet", action="store_true", help="no progress bars; print only the final one-line summary")

@@ -30,7 +30,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .generated import log_synthetic_data_banner
+from .folds import fold_split
+from .generated import log_synthetic_data_banner, raise_or_exit
 
 __all__ = [
     "DRIVE_KEYS",
@@ -176,6 +177,8 @@ def split_drive_cases(
     num_val: int | None = None,
     val_case_ids: Sequence[str | int] | None = None,
     seed: int = 0,
+    fold: int | None = None,
+    num_folds: int = 5,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Deterministic train/validation split of a datalist (by default of the 20 DRIVE training images).
 
@@ -183,9 +186,15 @@ def split_drive_cases(
     (default ``round(val_fraction * n)``, at least 1 when ``val_fraction > 0``) go to validation. ``val_case_ids``
     (e.g. ``["21", "22"]`` or ``[21, 22]``) picks the validation cases explicitly instead. The same inputs always
     give the same split, independent of the order of ``datalist``. Both parts are returned sorted by case id.
+    ``fold`` (0-based, with ``num_folds``): a cross-validation fold of the same permutation instead
+    (:mod:`monai_unetzoo.data.folds`; fold 0 of 5 is the default split).
     """
     items = sorted(datalist, key=lambda d: (len(str(d["case_id"])), str(d["case_id"])))
     ids = [str(d["case_id"]) for d in items]
+    if fold is not None:
+        if val_case_ids is not None:
+            raise ValueError("give either val_case_ids or fold, not both.")
+        return fold_split(items, np.random.default_rng(seed).permutation(len(items)).tolist(), fold, num_folds)
     if val_case_ids is not None:
         wanted = [str(v).zfill(2) if str(v).isdigit() else str(v) for v in val_case_ids]
         unknown = sorted(set(wanted) - set(ids))
@@ -214,8 +223,11 @@ def drive_datalists(
     val_case_ids: Sequence[str | int] | None = None,
     seed: int = 0,
     validate: bool = True,
+    fold: int | None = None,
+    num_folds: int = 5,
 ) -> dict[str, list[dict[str, str]]]:
-    """``{"training": [...], "validation": [...], "all_training": [...], "test": [...]}`` for a DRIVE folder.
+    """``{"training": [...], "validation": [...], "all_training": [...], "test": [...]}`` for a DRIVE folder
+    (``fold``/``num_folds``: a cross-validation fold instead of the fixed split, see :func:`split_drive_cases`).
 
     ``training``/``validation`` split ``training/`` with :func:`split_drive_cases`; ``all_training`` is the whole
     ``training/`` section (for the final model trained on all 20 images); ``test`` is the ``test/`` section with
@@ -223,7 +235,7 @@ def drive_datalists(
     """
     all_training = build_drive_datalist(dataset_dir, "training", validate=validate)
     train, val = split_drive_cases(all_training, val_fraction=val_fraction, num_val=num_val,
-                                   val_case_ids=val_case_ids, seed=seed)
+                                   val_case_ids=val_case_ids, seed=seed, fold=fold, num_folds=num_folds)
     test_dir = Path(dataset_dir) / "test"
     test = build_drive_datalist(dataset_dir, "test", validate=validate) if test_dir.is_dir() else []
     return {"training": train, "validation": val, "all_training": all_training, "test": test}
@@ -260,6 +272,7 @@ def resolve_drive_dataset_dir(
     num_test: int = 2,
     image_size: Sequence[int] = (256, 256),
     seed: int = 0,
+    exit_on_error: bool = False,
 ) -> str:
     """The DRIVE folder a bundle should use.
 
@@ -269,6 +282,8 @@ def resolve_drive_dataset_dir(
     Any other value must be a real DRIVE folder: it is checked with :func:`build_drive_datalist` and a folder that
     does not hold DRIVE raises :class:`DriveDatasetError` -- never a silent fall-back to synthetic data.
     (A folder literally named ``synthetic`` in the working directory is reached as ``./synthetic``.)
+
+    ``exit_on_error`` (bundle configs): print the problems and exit with status 2 instead of raising.
     """
     if str(dataset_dir) == SYNTHETIC_SENTINEL:
         from .synthetic import write_synthetic_drive
@@ -281,7 +296,10 @@ def resolve_drive_dataset_dir(
             "random vessel trees", out, "retinal vessel segmentation", "/path/to/DRIVE")
         return str(out)
     root = Path(dataset_dir).expanduser().resolve()
-    build_drive_datalist(root, "training", validate=False)  # raises a DriveDatasetError listing what is missing
+    try:
+        build_drive_datalist(root, "training", validate=False)  # raises a DriveDatasetError listing what is missing
+    except DriveDatasetError as exc:
+        raise_or_exit(exc, exit_on_error)
     logger.info("DRIVE data set: %s", root)
     return str(root)
 

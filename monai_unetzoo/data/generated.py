@@ -16,9 +16,10 @@ import json
 import logging
 import os
 import shutil
+import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = ["reuse_or_clear_generated_folder", "generation_scratch_folder", "publish_generated_folder",
            "log_synthetic_data_banner"]
@@ -86,3 +87,20 @@ def log_synthetic_data_banner(logger: logging.Logger, sentinel: str, what: str, 
         "#   --dataset_dir %s\n%s",
         bar, sentinel, what, out, subject, real_option, bar,
     )
+
+
+def exit_on_data_error(error: Exception) -> NoReturn:
+    """Print a data-set error (its message lists every problem found) to stderr and exit with status 2.
+
+    For bundle configs: ``monai.bundle run`` would otherwise bury the message under the traceback of its config
+    resolution and exit with status 1, as for a crash.
+    """
+    print(f"ERROR: {error}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def raise_or_exit(error: Exception, exit_on_error: bool) -> NoReturn:
+    """``raise error``, or with ``exit_on_error`` print it and exit with status 2 (:func:`exit_on_data_error`)."""
+    if not exit_on_error:
+        raise error
+    exit_on_data_error(error)

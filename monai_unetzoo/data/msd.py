@@ -31,10 +31,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .folds import fold_split
 from .generated import (
     generation_scratch_folder,
     log_synthetic_data_banner,
     publish_generated_folder,
+    raise_or_exit,
     reuse_or_clear_generated_folder,
 )
 
@@ -204,11 +206,21 @@ def build_msd_datalist(
     return sorted(datalist, key=lambda d: d["case_id"])
 
 
+def msd_case_order(n: int, seed: int = 0) -> list[int]:
+    """The permutation of ``n`` cases (sorted by case id) the split and the folds cut: MONAI's
+    ``partition_dataset(shuffle=True, seed=seed)`` order (``numpy.random.RandomState(seed).shuffle``)."""
+    order = list(range(n))
+    np.random.RandomState(seed).shuffle(order)
+    return order
+
+
 def split_msd_cases(
     datalist: Sequence[dict[str, Any]],
     val_fraction: float = 0.2,
     num_val: int | None = None,
     seed: int = 0,
+    fold: int | None = None,
+    num_folds: int = 5,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Deterministic train/validation split of an MSD datalist.
 
@@ -216,11 +228,16 @@ def split_msd_cases(
     :func:`monai.data.partition_dataset` (``shuffle=True, seed=seed``) into ``num_val`` validation cases (default
     ``round(val_fraction * n)``, at least 1 when ``val_fraction > 0``) and the rest. Both parts come back sorted by
     case id. For the 208 open Task04 cases the defaults give 166 training and 42 validation cases.
+
+    ``fold`` (0-based, with ``num_folds``): cross-validation fold instead (:mod:`monai_unetzoo.data.folds`; fold 0
+    of 5 is the default split above).
     """
     from monai.data import partition_dataset
 
     items = sorted(datalist, key=lambda d: str(d["case_id"]))
     n = len(items)
+    if fold is not None:
+        return fold_split(items, msd_case_order(n, seed), fold, num_folds)
     if num_val is None:
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}.")
@@ -246,15 +263,19 @@ def msd_datalists(
     num_train_cases: int | None = None,
     num_val_cases: int | None = None,
     validate: bool = True,
+    fold: int | None = None,
+    num_folds: int = 5,
 ) -> dict[str, list[dict[str, str]]]:
-    """``{"training", "validation", "all_training", "test"}`` datalists of an MSD folder.
+    """``{"training", "validation", "all_training", "test"}`` datalists of an MSD folder (``fold``/``num_folds``:
+    a cross-validation fold instead of the fixed split, see :func:`split_msd_cases`).
 
     ``training``/``validation`` are the fixed split of :func:`split_msd_cases`; ``num_train_cases`` /
     ``num_val_cases`` (``None`` = all) keep only the first cases of each part -- for quick runs and tests; the split
     itself does not change. ``all_training`` is every labelled case, ``test`` the unlabelled ``test`` section.
     """
     all_training = build_msd_datalist(dataset_dir, "training", validate=validate)
-    train, val = split_msd_cases(all_training, val_fraction=val_fraction, num_val=num_val, seed=seed)
+    train, val = split_msd_cases(all_training, val_fraction=val_fraction, num_val=num_val, seed=seed, fold=fold,
+                                 num_folds=num_folds)
     for name, n in (("num_train_cases", num_train_cases), ("num_val_cases", num_val_cases)):
         if n is not None and int(n) < 1:
             raise ValueError(f"{name} must be >= 1 or None, got {n}.")
@@ -430,6 +451,7 @@ def resolve_msd_dataset_dir(
     num_test: int = 2,
     shape: Sequence[int] = (36, 50, 36),
     seed: int = 0,
+    exit_on_error: bool = False,
 ) -> str:
     """The MSD folder a bundle should use.
 
@@ -439,6 +461,8 @@ def resolve_msd_dataset_dir(
     file checked (:func:`build_msd_datalist` without header reads); a folder that is not an MSD data set raises
     :class:`MSDDatasetError` -- never a silent fall-back to synthetic data. (A folder literally named ``synthetic``
     in the working directory is reached as ``./synthetic``.)
+
+    ``exit_on_error`` (bundle configs): print the problems and exit with status 2 instead of raising.
     """
     if str(dataset_dir) == MSD_SYNTHETIC_SENTINEL:
         out = write_synthetic_msd_hippocampus(synthetic_dir, num_training=num_training, num_test=num_test,
@@ -449,6 +473,9 @@ def resolve_msd_dataset_dir(
             "ellipsoid 'hippocampi'", out, "hippocampus segmentation", "/path/to/Task04_Hippocampus")
         return str(out)
     root = Path(dataset_dir).expanduser().resolve()
-    build_msd_datalist(root, "training", validate=False)  # raises an MSDDatasetError listing what is missing
+    try:
+        build_msd_datalist(root, "training", validate=False)  # raises an MSDDatasetError listing what is missing
+    except MSDDatasetError as exc:
+        raise_or_exit(exc, exit_on_error)
     logger.info("MSD data set: %s", root)
     return str(root)

@@ -3,10 +3,13 @@
 Modules, one concept each: :mod:`.bundle` (the contract below, resolved into a ``PredictionBundle``),
 :mod:`.settings` (user choices resolved against the bundle, in one place), :mod:`.discovery` (inputs -> cases and
 output names), :mod:`.case` (one case: read -> preprocess -> predict -> invert -> labels -> write),
-:mod:`.postprocess` (declared label post-processing), :mod:`.batch` (summary, provenance, signals),
-:mod:`.bundle_step` (the same per-case code inside a bundle's own ``run inferring``), and the review of a batch:
-:mod:`.qc` (QC flags against the bundle's ``label_stats.json``), :mod:`.preview` (per-case PNGs), :mod:`.report`
-(``report.html``), :mod:`.review` (what :mod:`.batch` calls for them) and :mod:`.progress` (the window bar).
+:mod:`.postprocess` (declared label post-processing), :mod:`.batch` (summary, provenance, signals) and
+:mod:`.bundle_step` (the same per-case code inside a bundle's own ``run inferring``); DICOM outputs and a PACS:
+:mod:`.dicom_output` (``--output-format``, the pipeline writing them), :mod:`.dicom_series` (series header checks),
+:mod:`.dicom_seg` (DICOM SEG, highdicom), :mod:`.rtstruct` (RT-STRUCT, rt-utils), :mod:`.dicomweb` (QIDO/WADO/STOW);
+the review of a batch: :mod:`.qc` (QC flags against the bundle's ``label_stats.json``), :mod:`.preview` (per-case
+PNGs), :mod:`.report` (``report.html``), :mod:`.review` (what :mod:`.batch` calls for them) and :mod:`.progress`
+(the window bar).
 
 This is the engine behind ``unetzoo predict`` (see :mod:`monai_unetzoo.cli`); it can also be driven from Python:
 ``load_prediction_bundle`` + ``PredictionSettings(...).resolve(bundle)`` + ``CasePipeline`` +
@@ -75,7 +78,9 @@ argmax/threshold on the input's own grid (``scores_to_labels``) -> declared post
 Outputs under ``--output``, mirroring the input folders: ``<stem>_seg<suffix>`` (labels, uint8/uint16) and, with
 ``--save-probabilities``, ``<stem>_prob<suffix>``; ``summary.csv`` and ``provenance.json`` (with ``--shard i/n``:
 ``summary.shard-i-of-n.csv``, ``provenance.shard-i-of-n.json``), ``errors.log`` with tracebacks of unexpected
-errors. A case is done when its final output exists; running again skips it unless ``--overwrite``.
+errors. A case is done when its outputs exist and its record (:mod:`.records`) shows they were written by this
+bundle, checkpoint and settings and are unchanged; running again skips those unless ``--overwrite`` and predicts
+every other case (again). One run at a time per output folder and shard (:mod:`.lock`).
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as _dt
+import errno
 import io
 import json
 import platform
@@ -21,14 +22,27 @@ import numpy as np
 from ..volume_io import ScanReadError, atomic_output_path, load_scan, remove_stale_temporaries
 from .case import CaseError, CasePipeline, binary_mask_scale, measure_labels, summary_label_columns
 from .discovery import PredictionCase
+from .records import OutputRecords
 from .review import BatchReview
 from .settings import PredictionSettings
 from .signals import BatchSignalGuard, PredictionInterrupted
 
-__all__ = ["run_batch_prediction", "summary_file_names", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "BASE_COLUMNS"]
+__all__ = ["run_batch_prediction", "summary_file_names", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_OUTPUT_FULL",
+           "BASE_COLUMNS"]
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-BASE_COLUMNS = ["case", "input", "output", "status", "error", "seconds", "shape", "spacing", "postprocess"]
+#: 0 all ok or skipped; 1 some case failed; 2 usage error before any work; 3 stopped because the output could
+#: not be written (disk full, quota, file-size limit): free space and run the same command again.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_OUTPUT_FULL = 0, 1, 2, 3
+BASE_COLUMNS = ["case", "input", "output", "status", "error", "note", "seconds", "shape", "spacing", "postprocess"]
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+class _OutputFull(Exception):
+    """The output disk is full (or a quota/file-size limit is hit): the batch stops cleanly."""
+
+
+def _is_full(exc: BaseException) -> bool:
+    return any(isinstance(e, OSError) and e.errno in _FULL_ERRNOS for e in (exc, exc.__cause__, exc.__context__))
 
 
 def summary_file_names(shard: tuple[int, int] | None) -> tuple[str, str, str]:
@@ -40,8 +54,8 @@ def summary_file_names(shard: tuple[int, int] | None) -> tuple[str, str, str]:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    with atomic_output_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
+    with atomic_output_path(path) as tmp:  # backslashreplace: file names that are not valid UTF-8 stay readable
+        with open(tmp, "w", encoding="utf-8", errors="backslashreplace", newline="") as f:
             f.write(text)
 
 
@@ -65,7 +79,7 @@ class _BatchRecord:
         self.pipeline, self.cases, self.settings = pipeline, cases, settings
         names = summary_file_names(settings.shard)
         self.summary_path, self.provenance_path, self.errors_path = (out_root / n for n in names)
-        self.columns = BASE_COLUMNS + summary_label_columns(pipeline.bundle)
+        self.columns = BASE_COLUMNS + list(pipeline.summary_columns) + summary_label_columns(pipeline.bundle)
         if settings.save_probabilities:
             self.columns.insert(3, "probabilities")
         self.review = BatchReview(pipeline.bundle, out_root, preview=settings.preview, shard=settings.shard)
@@ -75,6 +89,7 @@ class _BatchRecord:
         self.start_time = _now()
         self.provenance_extra = provenance_extra
         self.previous_runs = self._previous_runs()
+        self.stopped_by: str | None = None  # why the batch stopped early (disk full)
 
     def _previous_runs(self) -> list[Any]:
         if not self.provenance_path.is_file():
@@ -116,6 +131,8 @@ class _BatchRecord:
         b = self.pipeline.bundle
         if not end:
             status = "running"
+        elif self.stopped_by:
+            status = f"stopped: {self.stopped_by}"
         elif exit_code is None:
             status = "aborted by an unexpected error"
         else:
@@ -128,7 +145,8 @@ class _BatchRecord:
             "python_version": platform.python_version(),
             "platform": platform.platform(),
             "bundle": {"path": str(b.root), "name": b.name, "version": b.version},
-            "checkpoint": {"path": str(b.checkpoint), "sha256": b.checkpoint_sha256},
+            "checkpoint": {"path": str(b.checkpoint), "sha256": b.checkpoint_sha256,
+                           "members": [{"path": str(p), "sha256": sha} for p, sha in b.members]},
             "settings": {
                 **self.pipeline.settings.as_dict(),
                 "device_requested": self.settings.device,
@@ -146,12 +164,13 @@ class _BatchRecord:
             "counts": self.counts(),
             "cases_predicted": list(self.predicted),
             "previous_runs": self.previous_runs,
+            **self.pipeline.provenance_extra(),
         }
         _write_text_atomic(self.provenance_path, json.dumps(prov, indent=2, default=str) + "\n")
         self.review.write_report([self.rows[c.case_id] for c in self.cases if c.case_id in self.rows], self.columns, prov)
 
     def log_error(self, case: PredictionCase, exc: BaseException) -> None:
-        with contextlib.suppress(OSError), open(self.errors_path, "a", encoding="utf-8") as f:
+        with contextlib.suppress(OSError), open(self.errors_path, "a", encoding="utf-8", errors="backslashreplace") as f:
             f.write(f"--- {_now()} {case.case_id} ({case.source})\n")
             f.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
 
@@ -159,25 +178,25 @@ class _BatchRecord:
 class _BatchRunner:
     """Runs the cases in order; see :func:`run_batch_prediction`."""
 
-    def __init__(self, pipeline: CasePipeline, record: _BatchRecord, settings: PredictionSettings):
+    def __init__(self, pipeline: CasePipeline, record: _BatchRecord, settings: PredictionSettings, out_root: Path):
         self.pipeline, self.record, self.settings = pipeline, record, settings
+        self.records = OutputRecords(out_root, pipeline.bundle, pipeline.settings, settings.save_probabilities)
         self.guard = BatchSignalGuard()
         pipeline.window_progress = not settings.quiet
         self.current: PredictionCase | None = None
 
-    def _already_done(self, case: PredictionCase) -> bool:
-        s = self.settings
-        return not s.overwrite and case.output.is_file() and (not s.save_probabilities or case.prob_output.is_file())
-
     def _measure_existing(self, case: PredictionCase, row: dict[str, Any]) -> None:
         try:
+            existing = self.pipeline.measure_existing(case)
+            if existing is not None:
+                return row.update(existing)
             labels_img, grid = load_scan(case.output)
             labels = labels_img[0].numpy().round().astype(np.int64)
             if binary_mask_scale(self.pipeline.bundle, grid) != 1:
                 labels = (labels > 0).astype(np.int64)
             row.update(measure_labels(self.pipeline.bundle, labels, grid, None))
         except Exception as exc:  # the output exists but cannot be measured: say so, keep going
-            row["error"] += f"; could not measure the existing output ({exc})"
+            row["note"] += f"; could not measure the existing output ({exc})"
 
     def _predict(self, case: PredictionCase, row: dict[str, Any]):
         for p in (case.output, case.prob_output):
@@ -191,42 +210,61 @@ class _BatchRunner:
             self.record.log_error(case, exc)
         return None
 
+    def _write_outputs(self, case: PredictionCase, row: dict[str, Any], result) -> None:
+        try:
+            self.pipeline.write(case, result, self.settings.save_probabilities)
+            self.records.write(case)
+        except Exception as exc:
+            row.update(status="failed", error=f"{case.output}: cannot be written ({type(exc).__name__}: {exc})")
+            self.record.log_error(case, exc)
+            if _is_full(exc):
+                raise _OutputFull(row["error"]) from exc
+            return
+        row.update(status="ok", postprocess=self.pipeline.settings.postprocess, **self.pipeline.measure(result))
+        row.update(self.record.review.review_case(case, result))
+        self.record.predicted.append(case.case_id)
+
     def _record(self, case: PredictionCase, row: dict[str, Any], result, t0: float) -> None:
         """Write the outputs and the row: one step for the signal guard."""
-        if result is not None:
-            try:
-                self.pipeline.write(case, result, self.settings.save_probabilities)
-                row.update(status="ok", postprocess=self.pipeline.settings.postprocess, **self.pipeline.measure(result))
-                row.update(self.record.review.review_case(case, result))
-                self.record.predicted.append(case.case_id)
-            except Exception as exc:
-                row.update(status="failed", error=f"{case.output}: cannot be written ({type(exc).__name__}: {exc})")
-                self.record.log_error(case, exc)
-        row["seconds"] = f"{time.perf_counter() - t0:.2f}"
-        self.record.rows[case.case_id] = row
-        self.record.write_summary()
-        self.record.write_provenance(None, end=False)  # the audit trail survives even a SIGKILL
+        try:
+            if result is not None:
+                self._write_outputs(case, row, result)
+        finally:
+            row["seconds"] = f"{time.perf_counter() - t0:.2f}"
+            self.record.rows[case.case_id] = row
+        try:
+            self.record.write_summary()
+            self.record.write_provenance(None, end=False)  # the audit trail survives even a SIGKILL
+        except OSError as exc:
+            if _is_full(exc):
+                raise _OutputFull(f"{self.record.summary_path} cannot be written ({exc})") from exc
+            raise
 
     def run_case(self, case: PredictionCase) -> dict[str, Any]:
         row, t0, result = self.record.base_row(case), time.perf_counter(), None
+        why = None if case.problem is not None else self.records.why_not_done(case)
         if case.problem is not None:
             row.update(status=case.problem_status, error=case.problem)
-        elif self._already_done(case):
-            row.update(status="skipped", error="output exists (already done; use --overwrite to predict again)")
+        elif why is None and not self.settings.overwrite:
+            row.update(status="skipped", note="done: same bundle, checkpoint and settings; --overwrite predicts again")
             self._measure_existing(case, row)
+            row.update(self.record.review.existing_preview(case))
         else:
+            if why is not None and why != "not predicted yet":
+                row["note"] = why
             result = self._predict(case, row)
         with self.guard.deferred():
             self._record(case, row, result, t0)
         return row
 
-    def mark_interrupted(self, signum: int) -> None:
+    def mark_not_done(self, why: str) -> None:
+        """List every case without a row as interrupted, saying ``why`` the run stopped."""
         for case in self.record.cases:
             if case.case_id not in self.record.rows:
                 row = self.record.base_row(case)
                 when = "finished" if case is self.current else "started"
-                row.update(status="interrupted", error=f"run stopped by {signal.Signals(signum).name} before this "
-                           f"case {when}; run the same command again to finish")
+                row.update(status="interrupted", error=f"run stopped ({why}) before this case {when}; run the "
+                           "same command again to finish")
                 self.record.rows[case.case_id] = row
 
     def run(self) -> int:
@@ -251,7 +289,13 @@ class _BatchRunner:
                 exit_code = EXIT_FAILED if self.record.counts()["failed"] else EXIT_OK
             except PredictionInterrupted as exc:
                 exit_code = 128 + exc.signum
-                self.mark_interrupted(exc.signum)
+                self.mark_not_done(f"by {signal.Signals(exc.signum).name}")
+            except _OutputFull as exc:
+                exit_code = EXIT_OUTPUT_FULL
+                self.record.stopped_by = f"the output could not be written: {exc}"
+                self.mark_not_done("the output disk is full; free space")
+                print(f"unetzoo predict: stopped: {exc}; free space and run the same command again",
+                      file=sys.stderr)
             finally:
                 self.guard.stopping = True
                 if bar is not None:
@@ -280,7 +324,7 @@ def run_batch_prediction(
     """
     t_start = time.perf_counter()
     record = _BatchRecord(pipeline, cases, Path(output_dir).resolve(), settings, dict(extra_provenance or {}))
-    runner = _BatchRunner(pipeline, record, settings)
+    runner = _BatchRunner(pipeline, record, settings, Path(output_dir).resolve())
     exit_code = runner.run()
     c = record.counts()
     parts = [f"{c['ok']} ok", f"{c['skipped']} skipped", f"{c['failed']} failed"]

@@ -3,13 +3,14 @@ MONAI bundle, resolved once into a :class:`PredictionBundle` (see the package do
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -52,8 +53,9 @@ class PredictionBundle:
     tta_axes: tuple[int, ...] | None = None  # the bundle's default test-time mirroring (None: off)
     mirror_axes: tuple[int, ...] | None = None  # axes the bundle may be mirrored over (``--tta``); None: unknown
     postprocess: str = "none"  # label post-processing the bundle declares (see postprocess.parse_postprocess)
-    checkpoint: Path | None = None
-    checkpoint_sha256: str = ""
+    checkpoint: Path | None = None  # the weights file; the first member's for an ensemble
+    checkpoint_sha256: str = ""  # an ensemble's: SHA-256 of its members' hashes in order (see ``members``)
+    members: tuple[tuple[Path, str], ...] = ()  # (weights file, SHA-256) of every network (one unless an ensemble)
     input_description: str = ""
     raster_reader: Any = None  # the bundle's own PILReader (and its options) for 2D images, if it names one
     config_files: tuple[str, ...] = ("inference.json",)
@@ -154,10 +156,33 @@ def _axes(value: Any, spatial_dims: int, what: str) -> tuple[int, ...] | None:
     return axes
 
 
+def _check_network_contract(network: torch.nn.Module, fmt: dict[str, Any], roi_size: tuple[int, ...], where: str) -> None:
+    """One forward pass on zeros of one window, before any case: the network must take the metadata's input
+    channels and give its output channels, else every case would fail (or, worse, be labelled from the wrong
+    channels). Raises :class:`BundleConfigError` naming both numbers."""
+    shape = tuple(r if r > 0 else 32 for r in roi_size)
+    x = torch.zeros((1, fmt["in_channels"], *shape))
+    device = next((p.device for p in network.parameters()), torch.device("cpu"))
+    try:
+        with torch.no_grad():
+            out = network.eval()(x.to(device))
+    except Exception as exc:
+        raise BundleConfigError(
+            f"{where}: network_def does not accept a window of {fmt['in_channels']} channel(s) x {shape}, the input "
+            f"metadata.json declares (network_data_format.inputs.image.num_channels) ({type(exc).__name__}: {exc})"
+        ) from exc
+    out = out[0] if isinstance(out, (list, tuple)) else out
+    if out.ndim != x.ndim or out.shape[1] != fmt["out_channels"]:
+        raise BundleConfigError(
+            f"{where}: metadata.json declares {fmt['out_channels']} output channel(s) "
+            f"(network_data_format.outputs.pred.num_channels) but network_def gives {tuple(out.shape)}"
+        )
+
+
 def prediction_bundle_from_parts(
     root: str | os.PathLike,
     metadata: Mapping[str, Any],
-    network: torch.nn.Module,
+    network: torch.nn.Module | Sequence[torch.nn.Module],
     preprocessing: Any = None,
     inferer: Mapping[str, Any] | Any = None,
     *,
@@ -165,7 +190,7 @@ def prediction_bundle_from_parts(
     tta_axes: Any = None,
     mirror_axes: Any = None,
     postprocess: Any = None,
-    checkpoint: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
     config_files: tuple[str, ...] = ("inference.json",),
 ) -> PredictionBundle:
     """The one constructor of :class:`PredictionBundle`, from a bundle's parsed parts.
@@ -173,13 +198,15 @@ def prediction_bundle_from_parts(
     Args:
         root: the bundle folder.
         metadata: the parsed ``metadata.json`` (``network_data_format`` gives channels, dims and label names).
-        network: the bundle's network with its weights loaded; put in eval mode and channels-last here.
+        network: the bundle's network with its weights loaded; put in eval mode and channels-last here. A list of
+            networks (one per checkpoint, e.g. cross-validation folds) becomes a
+            :class:`~monai_unetzoo.inference.ProbabilityEnsemble` averaging their probabilities.
         preprocessing: the bundle's preprocessing ``Compose`` (its loader transforms are dropped).
         inferer: the sliding-window settings: a mapping or an inferer object with attributes ``roi_size``,
             ``sw_batch_size``, ``overlap``, ``mode``, ``activation`` and ``amp`` (each optional).
         threshold, tta_axes, mirror_axes, postprocess: the bundle's label step, default test-time mirroring, the
             axes it may be mirrored over and its label post-processing.
-        checkpoint: the weights file (for provenance: its SHA-256).
+        checkpoint: the weights file, or one per network of an ensemble (for provenance: their SHA-256).
     """
     from .postprocess import parse_postprocess
 
@@ -212,8 +239,14 @@ def prediction_bundle_from_parts(
     overlap = arg("overlap", 0.5)
     with quiet_optional_reader_warnings():
         stripped, raster_reader = _strip_loader(preprocessing)
-    network.eval()
-    channels_last_network(network)  # the predictor's windows are channels-last: matching weights, 1.7-2x on CPU
+    if isinstance(network, (list, tuple)):
+        from ..inference import ProbabilityEnsemble
+
+        network = ProbabilityEnsemble(list(network), activation) if len(network) > 1 else network[0]
+    _check_network_contract(network, fmt, roi_size, str(root))
+    channels_last_network(network)
+    files = [checkpoint] if isinstance(checkpoint, (str, os.PathLike)) else list(checkpoint or [])
+    members = tuple((Path(f).resolve(), file_sha256(f)) for f in files)  # the predictor's windows are channels-last: matching weights, 1.7-2x on CPU
     amp = arg("amp", None)
     return PredictionBundle(
         root=root.resolve(),
@@ -235,8 +268,9 @@ def prediction_bundle_from_parts(
         tta_axes=_axes(tta_axes, sd, f"{root}: tta_axes"),
         mirror_axes=_axes(mirror_axes, sd, f"{root}: mirror_axes"),
         postprocess=parse_postprocess(postprocess).describe(),
-        checkpoint=Path(checkpoint).resolve() if checkpoint is not None else None,
-        checkpoint_sha256=file_sha256(checkpoint) if checkpoint is not None else "",
+        checkpoint=members[0][0] if members else None,
+        checkpoint_sha256=_combined_sha256([sha for _, sha in members]),
+        members=members,
         input_description=fmt["input_description"],
         raster_reader=raster_reader,
         config_files=tuple(config_files),
@@ -320,9 +354,40 @@ def _load_weights(network: torch.nn.Module, ckpt: Path) -> None:
         raise BundleConfigError(f"{ckpt}: does not fit the bundle's network_def: {' '.join(first)}") from exc
 
 
-def load_prediction_bundle(bundle_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> PredictionBundle:
-    """Read ``bundle_dir`` (flat MONAI bundle) and its checkpoint (default ``<bundle>/models/model.pt``); raise
-    :class:`BundleConfigError` with a clear message when something the contract needs is missing."""
+def _combined_sha256(hashes: Sequence[str]) -> str:
+    """One member: its SHA-256; an ensemble: SHA-256 of the members' hex digests joined by newlines, in order."""
+    if len(hashes) <= 1:
+        return hashes[0] if hashes else ""
+    return hashlib.sha256("\n".join(hashes).encode("ascii")).hexdigest()
+
+
+def checkpoint_files(checkpoint: Any, root: Path) -> list[Path]:
+    """The weights files asked for: None -> ``<bundle>/models/model.pt``; a file; a folder -> every
+    ``<folder>/*/model.pt`` (a folder of cross-validation folds, ``models/fold0/model.pt``, ...), sorted; or a
+    list of those. Raises :class:`BundleConfigError` for a missing file or a folder without fold checkpoints."""
+    if checkpoint is None:
+        default = root / "models" / "model.pt"
+        if not default.is_file():
+            raise BundleConfigError(f"checkpoint not found: {default} (train the bundle first, or pass --checkpoint FILE)")
+        return [default]
+    specs = [checkpoint] if isinstance(checkpoint, (str, os.PathLike)) else list(checkpoint)
+    files: list[Path] = []
+    for spec in map(Path, specs):
+        if spec.is_dir():
+            found = sorted(spec.glob("*/model.pt"))
+            if not found:
+                raise BundleConfigError(f"checkpoint folder {spec} holds no */model.pt (e.g. fold0/model.pt)")
+            files.extend(found)
+        elif spec.is_file():
+            files.append(spec)
+        else:
+            raise BundleConfigError(f"checkpoint not found: {spec}")
+    return files
+
+
+def load_prediction_bundle(bundle_dir: str | os.PathLike, checkpoint: Any = None) -> PredictionBundle:
+    """Read ``bundle_dir`` (flat MONAI bundle) and its checkpoint(s) (see :func:`checkpoint_files`; several make an
+    ensemble); raise :class:`BundleConfigError` with a clear message when something the contract needs is missing."""
     root = Path(bundle_dir).resolve()
     if not root.is_dir():
         raise BundleConfigError(f"bundle folder not found: {bundle_dir}")
@@ -334,23 +399,22 @@ def load_prediction_bundle(bundle_dir: str | os.PathLike, checkpoint: str | os.P
     network = cfg.get("network_def")
     if not isinstance(network, torch.nn.Module):
         raise BundleConfigError(f"{root}: 'network_def' is a {type(network).__name__}, not a torch.nn.Module")
-    ckpt = Path(checkpoint) if checkpoint is not None else root / "models" / "model.pt"
-    if not ckpt.is_file():
-        hint = "" if checkpoint is not None else " (train the bundle first, or pass --checkpoint FILE)"
-        raise BundleConfigError(f"checkpoint not found: {ckpt}{hint}")
-    _load_weights(network, ckpt)
+    files = checkpoint_files(checkpoint, root)
+    networks = [network] + [copy.deepcopy(network) for _ in files[1:]]  # one network per ensemble member
+    for net, ckpt in zip(networks, files):
+        _load_weights(net, ckpt)
     with quiet_optional_reader_warnings():  # the bundle's LoadImaged is built here (and then dropped)
         preprocessing = cfg.get(cfg.find("preprocessing", "infer#preprocessing"))
     return prediction_bundle_from_parts(
         root,
         cfg.meta,
-        network,
+        networks,
         preprocessing,
         cfg.inferer_args(),
         threshold=cfg.get("threshold", 0.5),
         tta_axes=cfg.get("tta_axes"),
         mirror_axes=cfg.get("mirror_axes"),
         postprocess=cfg.get("postprocess"),
-        checkpoint=ckpt,
+        checkpoint=files,
         config_files=tuple(p.name for p in cfg.files),
     )

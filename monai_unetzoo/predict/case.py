@@ -7,6 +7,7 @@ input's grid -> label step -> post-processing -> write, and the measurements of 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,12 +89,62 @@ def _mask_outside_roi(scores: torch.Tensor, roi: Any, source: Any) -> None:
         scores[0, outside] = 1.0  # background
 
 
+#: Share of the machine's physical memory one case may plan to use.
+MEMORY_BUDGET_FRACTION = 0.75
+
+
+def _physical_memory_bytes() -> float:
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return float("inf")
+
+
+def _target_spacing(preprocessing: Any) -> tuple[float, ...] | None:
+    """The ``pixdim`` of the bundle's ``Spacingd`` (the grid the network sees), if it has one."""
+    for t in getattr(preprocessing, "transforms", ()):
+        spacing = getattr(t, "spacing_transform", None)
+        pixdim = getattr(spacing, "pixdim", None)
+        if pixdim is not None:
+            return tuple(float(p) for p in np.atleast_1d(pixdim))
+    return None
+
+
+def describe_failure(exc: BaseException) -> str:
+    """``"<Transform>: <innermost error>"`` for an exception raised inside a MONAI ``Compose`` (which wraps it as
+    ``applying transform <... object at 0x...>``), object addresses replaced by class names."""
+    import re
+
+    names, inner = [], exc
+    while True:
+        m = re.search(r"applying transform <([\w.]+) object at 0x[0-9a-f]+>", str(inner))
+        if m:
+            names.append(m.group(1).rsplit(".", 1)[-1])
+        nxt = inner.__cause__ or inner.__context__
+        if nxt is None:
+            break
+        inner = nxt
+    text = re.sub(r"<([\w.]+) object at 0x[0-9a-f]+>", lambda m: m.group(1).rsplit(".", 1)[-1], str(inner))
+    where = f"{names[-1]}: " if names else ""
+    return f"{where}{type(inner).__name__}: {text.strip().splitlines()[0] if text.strip() else ''}"
+
+
 class CasePipeline:
     """Predict cases of one bundle with one set of resolved settings.
 
     ``pipeline.predict(case)`` -> :class:`CaseResult`; ``pipeline.write(case, result)`` writes the label map (and
-    the probabilities) atomically; ``pipeline.measure(result)`` gives the summary columns.
+    the probabilities) atomically; ``pipeline.measure(result)`` gives the summary columns. Subclasses writing other
+    formats (:class:`~.dicom_output.DicomOutputPipeline`) add ``summary_columns``, ``measure_existing`` (columns of
+    an output a previous run wrote; None: measure it as a scan) and ``provenance_extra``.
     """
+
+    summary_columns: tuple[str, ...] = ()
+
+    def measure_existing(self, case: PredictionCase) -> dict[str, Any] | None:
+        return None
+
+    def provenance_extra(self) -> dict[str, Any]:
+        return {}
 
     def __init__(self, bundle: PredictionBundle, settings: ResolvedSettings):
         self.bundle, self.settings = bundle, settings
@@ -122,6 +173,26 @@ class CasePipeline:
             )
         return image, grid
 
+    def _check_memory(self, case: PredictionCase, image: Any, grid: ScanGrid) -> None:
+        """Refuse, with the numbers, a scan whose prediction would need more than :data:`MEMORY_BUDGET_FRACTION` of
+        this machine's memory: input, its resampled copy in the bundle's spacing, the class accumulators there and
+        the probabilities on the input grid (float32), instead of starting and being killed."""
+        c_in, k = image.shape[0], max(2, self.bundle.out_channels)
+        n = float(np.prod(image.shape[1:], dtype=np.float64))
+        pixdim = _target_spacing(self.bundle.preprocessing)
+        n_resampled = n
+        if pixdim is not None and grid.physical:
+            n_resampled = n * float(np.prod([s / p for s, p in zip(grid.spacing, pixdim) if p > 0]))
+        need = 4 * ((c_in + k) * n + (c_in + 3 * k) * n_resampled)
+        budget = MEMORY_BUDGET_FRACTION * _physical_memory_bytes()
+        if need > budget:
+            raise CaseError(
+                f"{case.source}: {tuple(image.shape[1:])} voxels"
+                + (f" ({n_resampled:.3g} at the bundle's spacing {list(pixdim)} mm)" if pixdim is not None else "")
+                + f" would need about {need / 1e9:.1f} GB for prediction; this machine allows {budget / 1e9:.1f} GB"
+                " (75% of its memory): not attempted"
+            )
+
     def _probabilities(self, case: PredictionCase, image: Any) -> torch.Tensor:
         """Probabilities (C, *loaded spatial shape) on the loaded image's grid."""
         from monai.data import MetaTensor
@@ -131,7 +202,7 @@ class CasePipeline:
         try:
             data = b.preprocessing({"image": image})
         except Exception as exc:
-            raise CaseError(f"{case.source}: the bundle's preprocessing failed ({type(exc).__name__}: {exc})") from exc
+            raise CaseError(f"{case.source}: the bundle's preprocessing failed ({describe_failure(exc)})") from exc
         x = data["image"]
         batch = (x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x))[None].to(self.device)
         with case_window_progress(b.network, self.predictor, batch, case.case_id, self.window_progress) as network:
@@ -167,6 +238,7 @@ class CasePipeline:
         with a message for the summary."""
         torch.set_num_threads(self.settings.threads)
         image, grid = self._load(case)
+        self._check_memory(case, image, grid)
         raw = image.as_tensor().numpy().copy()  # some intensity transforms work in place (NormalizeIntensity)
         probs = self._probabilities(case, image)
         return CaseResult(grid, self._labels(probs, grid), probs.numpy(), raw)

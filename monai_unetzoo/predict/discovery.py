@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 
-from ..volume_io import SCAN_SUFFIXES, scan_family, scan_output_suffix, split_scan_suffix
+from ..volume_io import SCAN_SUFFIXES, dicom_series_in_folder, scan_family, scan_output_suffix, split_scan_suffix
 
 __all__ = ["PredictionCase", "discover_prediction_cases", "select_shard", "check_output_writable"]
 
@@ -52,22 +52,6 @@ def _walk_files(folder: Path, exclude: Path | None) -> list[Path]:
     return files
 
 
-def _dicom_series(folder: Path) -> list[tuple[str, list[Path]]]:
-    """``(series identifier, files)`` per DICOM series directly in ``folder``, grouped exactly as MONAI's
-    ``ITKReader`` groups them (ITK's GDCMSeriesFileNames with series details and the series-date restriction), so
-    that each identifier can be handed to ``ITKReader(series_name=...)``."""
-    import itk
-
-    names = itk.GDCMSeriesFileNames.New()
-    names.SetUseSeriesDetails(True)
-    names.AddSeriesRestriction("0008|0021")  # Series Date, as monai.data.ITKReader
-    names.SetDirectory(str(folder))
-    out = []
-    for uid in sorted(str(u) for u in names.GetSeriesUIDs()):
-        out.append((uid, [Path(n) for n in names.GetFileNames(uid)]))
-    return out
-
-
 def discover_prediction_cases(
     inputs: Sequence[str | os.PathLike], output_dir: str | os.PathLike, save_probabilities: bool = False
 ) -> tuple[list[PredictionCase], Path]:
@@ -83,6 +67,9 @@ def discover_prediction_cases(
     for spec in inputs:
         spec = str(spec)
         p = Path(spec)
+        if p.is_dir() and p.resolve() == out_root:
+            raise ValueError(f"--output {out_root} is the input folder {spec}; choose another folder: results are "
+                             "never written among the inputs")
         if p.is_dir():
             found.extend((f, p) for f in _walk_files(p, out_root))
         elif p.is_file():
@@ -102,13 +89,23 @@ def discover_prediction_cases(
     # absolute (not symlink-resolved) paths name the cases, so that a folder of symlinks mirrors its own layout;
     # resolved paths only decide what is inside the output folder and what an output must never overwrite
     files: dict[Path, Path] = {}
+    unresolvable: list[tuple[Path, str]] = []  # symlink loops, dangling links: reported, never fatal
     for f, base in found:
-        rf = f.resolve()
+        try:
+            rf = f.resolve(strict=True)
+        except (OSError, RuntimeError) as exc:  # Python < 3.13 raises RuntimeError on a symlink loop
+            unresolvable.append((Path(os.path.abspath(f)), f"{f}: cannot be opened ({type(exc).__name__}: {exc})"))
+            continue
         if out_root == rf or out_root in rf.parents:
             continue  # our own outputs (output folder inside the input folder)
         files.setdefault(Path(os.path.abspath(f)), Path(os.path.abspath(base)))
-    if not files:
+    if not files and not unresolvable:
+        if found:
+            raise ValueError(f"--output {out_root} is the input folder (or holds every input); choose another "
+                             "folder: results are never written among the inputs")
         return [], Path(os.path.abspath("."))
+    for f, _ in unresolvable:
+        files.setdefault(f, f.parent)
     bases = sorted(set(files.values()))
     root = Path(os.path.commonpath([str(b) for b in bases])) if len(bases) > 1 else bases[0]
 
@@ -118,7 +115,11 @@ def discover_prediction_cases(
 
     cases: list[PredictionCase] = []
     dicom_by_dir: dict[Path, list[Path]] = {}
+    broken = dict(unresolvable)
     for f in files:
+        if f in broken:
+            cases.append(PredictionCase(case_id=rel(f), source=f, family=None, rel_stem=rel(f), problem=broken[f]))
+            continue
         family = scan_family(f)
         if family == "dicom":
             dicom_by_dir.setdefault(f.parent, []).append(f)
@@ -134,7 +135,7 @@ def discover_prediction_cases(
         cases.append(case)
     for folder, dcm_files in sorted(dicom_by_dir.items()):
         try:
-            series = _dicom_series(folder)
+            series = dicom_series_in_folder(folder)
         except Exception as exc:  # GDCM could not scan the folder at all
             series = []
             scan_error = f" ({type(exc).__name__}: {exc})"
@@ -163,7 +164,7 @@ def discover_prediction_cases(
                 )
             )
     cases.sort(key=lambda c: c.case_id)
-    _assign_outputs(cases, out_root, {f.resolve() for f in files}, save_probabilities)
+    _assign_outputs(cases, out_root, {f.resolve() for f in files if f not in broken}, save_probabilities)
     return cases, root
 
 

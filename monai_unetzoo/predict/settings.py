@@ -16,6 +16,7 @@ from .postprocess import parse_postprocess
 __all__ = ["PredictionSettings", "ResolvedSettings", "available_cores"]
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+OUTPUT_FORMATS = ("auto", "nifti", "dicom-seg", "rtstruct")  # what each writes: predict.dicom_output
 
 
 def available_cores() -> int:
@@ -42,6 +43,8 @@ class PredictionSettings:
     quiet: bool = False
     preview: bool = True  # a preview PNG per case (and thumbnails in report.html)
     shard: tuple[int, int] | None = None
+    output_format: str = "auto"  # see predict.dicom_output.OUTPUT_FORMATS
+    push: bool = False  # store DICOM outputs back on the DICOMweb server of the input
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
@@ -52,6 +55,8 @@ class PredictionSettings:
         """Concrete values for ``bundle``; raises :class:`BundleConfigError` for a request the bundle cannot meet."""
         if self.precision is not None and self.precision not in PRECISIONS:
             raise BundleConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.output_format not in OUTPUT_FORMATS:
+            raise BundleConfigError(f"output format must be one of {OUTPUT_FORMATS}, got {self.output_format!r}")
         if self.tta is None:
             tta_axes = bundle.tta_axes
         elif self.tta:
@@ -75,6 +80,7 @@ class PredictionSettings:
             blend_mode=bundle.mode,
             activation=bundle.activation,
             threshold=bundle.threshold,
+            output_format=self.output_format,
         )
 
 
@@ -93,6 +99,7 @@ class ResolvedSettings:
     blend_mode: str
     activation: str
     threshold: float
+    output_format: str = "auto"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -12,8 +12,9 @@ import torch
 from .. import __version__
 from .batch import EXIT_USAGE, run_batch_prediction
 from .bundle import BundleConfigError, PredictionBundle, load_prediction_bundle
-from .case import CasePipeline
-from .discovery import check_output_writable, discover_prediction_cases, select_shard
+from .dicom_output import DicomOutputPipeline, discover_cases_for_output
+from .discovery import check_output_writable, select_shard
+from .lock import OutputFolderBusy, OutputFolderLock
 from .settings import PredictionSettings, ResolvedSettings
 
 __all__ = ["run_predict_command", "settings_from_arguments"]
@@ -39,6 +40,8 @@ def settings_from_arguments(args: argparse.Namespace) -> PredictionSettings:
         quiet=args.quiet,
         preview=args.preview,
         shard=args.shard,
+        output_format=args.output_format,
+        push=args.push,
     )
 
 
@@ -59,7 +62,8 @@ def _header(bundle: PredictionBundle, resolved: ResolvedSettings) -> list[str]:
     return [
         f"monai-unetzoo {__version__}: bundle '{bundle.name}' {bundle.version} ({bundle.spatial_dims}D, "
         f"{bundle.in_channels} input channel(s); labels {labels})",
-        f"  weights   {bundle.checkpoint} (sha256 {bundle.checkpoint_sha256[:16]}...)",
+        *(f"  weights   {path} (sha256 {sha[:16]}...)" for path, sha in bundle.members),
+        *([f"  ensemble  mean probability of {len(bundle.members)} networks"] if len(bundle.members) > 1 else []),
         f"  device    {resolved.device} ({resolved.threads} thread(s)); window "
         f"{'x'.join(str(r) for r in resolved.roi_size)}, overlap {resolved.overlap}, TTA {tta}, precision "
         f"{resolved.precision}, post-processing {resolved.postprocess}",
@@ -78,8 +82,8 @@ def run_predict_command(args: argparse.Namespace) -> int:
         return _usage_error(problem)
     settings = settings_from_arguments(args)
     try:
-        cases, input_root = discover_prediction_cases(args.input, out_dir, save_probabilities=args.save_probabilities)
-    except (FileNotFoundError, ValueError) as exc:
+        cases, input_root = discover_cases_for_output(args, out_dir)  # files/folders or DICOMweb; --output-format
+    except (OSError, ValueError) as exc:
         return _usage_error(str(exc))
     if not cases:
         return _usage_error(f"no input files found in {' '.join(args.input)}")
@@ -92,20 +96,27 @@ def run_predict_command(args: argparse.Namespace) -> int:
     except (BundleConfigError, ValueError) as exc:
         return _usage_error(str(exc))
     pending = [c for c in cases if c.problem is None]
-    done = [c for c in pending if c.output is not None and c.output.is_file()]
+    existing = [c for c in pending if c.output is not None and c.output.is_file()]
     for line in _header(bundle, resolved):
         info(line)
     shard_note = f" (shard {args.shard[0]}/{args.shard[1]} of {total})" if args.shard else ""
-    redo = ", redone with --overwrite" if args.overwrite else ", skipped"
-    info(f"  input     {input_root}: {len(cases)} input(s){shard_note}, {len(done)} already done{redo}; "
+    redo = "redone with --overwrite" if args.overwrite else "kept if made by this bundle, checkpoint and settings"
+    info(f"  input     {input_root}: {len(cases)} input(s){shard_note}, {len(existing)} with an output ({redo}); "
          f"{len(cases) - len(pending)} not usable as images (listed in the summary)")
     info(f"  output    {out_dir}")
     if args.dry_run:
         for c in cases:
             print(f"{c.case_id}\t{c.problem if c.problem else c.output}")
         return 0
-    pipeline = CasePipeline(bundle, resolved)
-    extra = {"input_root": str(input_root), "inputs": [str(Path(p)) for p in args.input],
-             "checkpoint_arg": args.checkpoint}
-    return run_batch_prediction(pipeline, cases, out_dir, settings, extra_provenance=extra,
-                                log=lambda msg: print(msg, flush=True))
+    try:
+        lock = OutputFolderLock(out_dir, args.shard).__enter__()
+    except (OutputFolderBusy, OSError) as exc:
+        return _usage_error(str(exc))
+    try:
+        pipeline = DicomOutputPipeline(bundle, resolved, push=args.push)
+        extra = {"input_root": str(input_root), "inputs": [str(Path(p)) for p in args.input],
+                 "checkpoint_arg": args.checkpoint}
+        return run_batch_prediction(pipeline, cases, out_dir, settings, extra_provenance=extra,
+                                    log=lambda msg: print(msg, flush=True))
+    finally:
+        lock.__exit__(None, None, None)
