@@ -276,7 +276,8 @@ def test_wrong_channels_dims_and_nan_are_reported(bundle3d, tmp_path):
     assert "has 2 channel(s), but the bundle 'fake3d' expects 1" in rows["two_channels.nii.gz"]["error"]
     assert "a 2D image of shape (10, 12), but the bundle 'fake3d' segments 3D images" in rows["photo.png"]["error"]
     assert "1 of 7680 values are NaN or infinite" in rows["nan.nii.gz"]["error"]
-    assert sorted(p.name for p in out.iterdir()) == [".unetzoo", "ok_seg.nii.gz", "provenance.json", "summary.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [".unetzoo", "ok_preview.png", "ok_seg.nii.gz", "provenance.json",
+                                                     "report.html", "summary.csv"]
 
 
 def test_usage_errors_exit_2_before_any_work(bundle3d, tmp_path, capsys):

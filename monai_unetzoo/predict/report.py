@@ -91,7 +91,7 @@ def _thumbnail(row: dict[str, Any]) -> str:
     rel = str(row.get("preview", "") or "")
     if not rel:
         return '<td data-sort=""></td>'
-    url = html.escape(quote(rel))
+    url = html.escape(quote(rel, errors="surrogateescape"))  # non-UTF-8 file names: their bytes, %-escaped
     alt = html.escape(f"preview of {row.get('case', '')}")
     return f'<td data-sort="{html.escape(rel)}"><a href="{url}"><img class="thumb" src="{url}" alt="{alt}"></a></td>'
 
@@ -137,4 +137,4 @@ review. Started {html.escape(str(provenance.get("start_time", "")))}, ended
 def write_report(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str], provenance: dict[str, Any]) -> None:
     """Write :func:`render_report_html` to ``path`` atomically."""
     with atomic_output_path(path) as tmp:
-        tmp.write_text(render_report_html(rows, columns, provenance), encoding="utf-8")
+        tmp.write_text(render_report_html(rows, columns, provenance), encoding="utf-8", errors="backslashreplace")
