@@ -179,18 +179,20 @@ def _loaders() -> dict[str, Any]:
             "volume": LoadImage(image_only=True, ensure_channel_first=True)}
 
 
-def _load_pair(image_path: str, label_path: str, loaders: dict[str, Any]) -> tuple[Any, Any]:
-    """Image and label as channel-first MetaTensors, reoriented to RAS when 3D (the bundle's Orientationd)."""
+def _load_pair(image_path: str, label_path: str, loaders: dict[str, Any]) -> tuple[Any, Any, np.ndarray]:
+    """Image and label as channel-first MetaTensors, reoriented to RAS when 3D (the bundle's Orientationd), and
+    the image file's own affine."""
     from monai.transforms import Orientation
 
     def kind(path: str) -> str:
         return "2d" if path.lower().endswith(TWO_D_SUFFIXES) else "volume"
 
     image, label = loaders[kind(image_path)](image_path), loaders[kind(label_path)](label_path)
+    file_affine = np.asarray(image.affine, dtype=np.float64)
     if image.ndim == 4 and label.ndim == 4:
         to_ras = Orientation(axcodes="RAS", labels=None)
         image, label = to_ras(image), to_ras(label)
-    return image, label
+    return image, label, file_affine
 
 
 def _pair_problems(image_path: str, label_path: str, image: Any, label: Any, declared: set[int]) -> list[tuple[str, str]]:
@@ -290,7 +292,7 @@ def fingerprint_dataset(root: str | os.PathLike, max_cases: int | None = None, s
     rng, loaders = np.random.default_rng(seed), _loaders()
     cases, dims, samples = [], [], []
     for item in _select_cases(datalist, max_cases, seed):
-        image, label = _load_pair(item["image"], item["label"], loaders)
+        image, label, file_affine = _load_pair(item["image"], item["label"], loaders)
         pair = _pair_problems(item["image"], item["label"], image, label, declared)
         if pair:
             problems.extend(pair)
@@ -299,7 +301,7 @@ def fingerprint_dataset(root: str | os.PathLike, max_cases: int | None = None, s
         img, lab = np.asarray(image), np.asarray(label[0]).astype(np.int64)
         spacing = spacing_from_affine(image.affine, sd) if sd == 3 else [1.0] * sd
         cases.append(fingerprint_case_arrays(item["case_id"], item["image"], item["label"], img, lab, spacing,
-                                             _orientation_codes(image.affine, sd), num_classes))
+                                             _orientation_codes(file_affine, sd), num_classes))
         dims.append(sd)
         samples.append(_sample_foreground(img, lab, rng))
     problems.extend(_check_consistency(cases, dims) if cases else [])

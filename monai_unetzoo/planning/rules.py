@@ -18,9 +18,11 @@ rule says so.
    (:func:`estimate_training_bytes`) of a batch fits the device's budget (:data:`MEMORY_BUDGET_BYTES`). The number
    of poolings per axis is nnU-Net's: halve while the feature map stays >= :data:`MIN_FEATURE_MAP` voxels, and
    never pool an axis whose spacing is more than twice the finest current spacing (the coarse axis of anisotropic
-   data is pooled only once the others have caught up). Our networks pool every axis together (kernel 2), so the
-   network depth is the smallest count among the axes that pooling does not skip, at most :data:`MAX_DEPTH`, and
-   every patch axis is rounded up to a multiple of 2**depth.
+   data is pooled only once the others have caught up). Our networks pool every axis together (kernel 2) at every
+   level, so the network depth is the largest per-axis count (at most :data:`MAX_DEPTH`, and at most what keeps
+   one voxel of the shortest axis at the bottleneck); axes with fewer nnU-Net poolings are pooled further than
+   nnU-Net would (the decoder pads odd sizes back, :func:`~monai_unetzoo.networks.pad_to_match`), and each patch
+   axis is rounded up to a multiple of 2**(its poolings).
 3. **Features** (:func:`plan_features`): nnU-Net's 32 base filters doubling per level, capped at 320 (3D) / 512
    (2D); on CPU 16 base filters (as our hand-written CPU bundles) -- half the compute per voxel.
 4. **Normalisation** (:func:`plan_normalisation`): CT is quantitative (Hounsfield units), so every case gets the
@@ -162,12 +164,12 @@ def plan_features(depth: int, spatial_dims: int, device: str) -> PlanningRule:
 
 
 def _depth_and_round(patch: Sequence[int], spacing: Sequence[float]) -> tuple[int, list[int], list[int]]:
-    """(depth, per-axis pools, patch rounded up to multiples of 2**depth)."""
+    """(depth, per-axis pools, patch rounded up per axis to a multiple of 2**min(pools, depth))."""
     pools = pools_per_axis(patch, spacing)
-    pooled = [p for p in pools if p > 0]
-    depth = max(1, min(min(pooled) if pooled else 1, MAX_DEPTH))
-    step = 2 ** depth
-    return depth, pools, [int(math.ceil(p / step) * step) for p in patch]
+    fits = int(math.floor(math.log2(max(min(patch), 2))))  # every axis keeps >= 1 voxel at the bottleneck
+    depth = max(1, min(max(pools), fits, MAX_DEPTH))
+    steps = [2 ** max(1, min(p, depth)) for p in pools]
+    return depth, pools, [int(math.ceil(p / s) * s) for p, s in zip(patch, steps)]
 
 
 def plan_patch_and_depth(median_shape: Sequence[float], spacing: Sequence[float], device: str, batch_size: int,
@@ -187,11 +189,12 @@ def plan_patch_and_depth(median_shape: Sequence[float], spacing: Sequence[float]
     shrunk = [int(round(s)) for s in median_shape] != patch
     why = ("the median shape at the target spacing" + (", shrunk along the physically longest axis until a batch "
            "fits" if shrunk else ", which fits") + f" the {budget / 2 ** 30:g} GiB {device} budget "
-           f"(estimated {need / 2 ** 30:.2f} GiB for batch {batch_size}), rounded up to multiples of 2**depth")
+           f"(estimated {need / 2 ** 30:.2f} GiB for batch {batch_size}), each axis rounded up to a multiple of "
+           "2**(its poolings)")
     depth_rule = PlanningRule("depth (poolings)", depth,
                               f"per-axis poolings {pools} (nnU-Net: halve while >= {MIN_FEATURE_MAP} voxels, skip axes "
-                              "coarser than 2x the finest); our networks pool all axes together, so the smallest "
-                              "non-zero count")
+                              "coarser than 2x the finest); our networks pool all axes at every level, so the "
+                              "largest count, limited to what the shortest axis allows")
     return PlanningRule("patch size (voxels)", rounded, why), depth_rule, features
 
 
