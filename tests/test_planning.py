@@ -28,6 +28,7 @@ from monai_unetzoo.planning.rules import (
 from monai_unetzoo.planning.writer import planned_load_transforms
 
 from conftest import require_data
+from unetzoo_cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -184,12 +185,11 @@ def test_bad_datasets_are_refused_naming_the_files(tmp_path):
     assert "case_001.nii.gz" in str(err.value) and "case_002.nii.gz" in str(err.value)
 
 
-def test_cli_refuses_with_exit_2(tmp_path):
+def test_cli_refuses_with_exit_2(tmp_path, capsys):
     one = write_folder(tmp_path / "one", _three_cases()[:1])
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, "-m", "unetzoo_cli", "plan", "--dataset", str(one), "--output",
-                           str(tmp_path / "b")], env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "dataset.json" in proc.stderr and "Traceback" not in proc.stderr
+    assert main(["plan", "--dataset", str(one), "--output", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert str(one / "dataset.json") in err and "at least 2" in err and "Traceback" not in err
     assert not (tmp_path / "b").exists()
 
 
@@ -205,11 +205,7 @@ def planned(tmp_path_factory):
     (data / "imagesTs").mkdir()
     nib.save(nib.Nifti1Image(_case((22, 18, 11), 9)[0], np.diag([1.0, 1.0, 2.0, 1.0])),
              str(data / "imagesTs" / "test_000.nii.gz"))
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="2")
-    proc = subprocess.run([sys.executable, "-m", "unetzoo_cli", "plan", "--dataset", str(data), "--output",
-                           str(root / "bundle"), "--budget-minutes", "0.05"], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert main(["plan", "--dataset", str(data), "--output", str(root / "bundle"), "--budget-minutes", "0.05"]) == 0
     return root / "bundle", data
 
 
@@ -249,10 +245,9 @@ def test_planned_bundle_trains_and_predicts(planned, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Epoch[1] Complete" in proc.stdout + proc.stderr and (out / "model.pt").is_file()
     pred = tmp_path / "pred"
-    proc = subprocess.run([sys.executable, "-m", "unetzoo_cli", "predict", "--bundle", str(bundle), "--checkpoint",
-                           str(out / "model.pt"), "--input", str(data / "imagesTs"), "--output", str(pred),
-                           "--device", "cpu", "--quiet"], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    code = main(["predict", "--bundle", str(bundle), "--checkpoint", str(out / "model.pt"), "--input",
+                 str(data / "imagesTs"), "--output", str(pred), "--device", "cpu", "--quiet"])
+    assert code == 0
     seg = nib.load(str(pred / "test_000_seg.nii.gz"))
     assert seg.shape == (22, 18, 11) and np.allclose(seg.affine, np.diag([1.0, 1.0, 2.0, 1.0]))
     assert set(np.unique(np.asarray(seg.dataobj))) <= {0, 1, 2}
