@@ -136,11 +136,14 @@ def planned_inference_config(plan: BundlePlan, output: Path) -> dict[str, Any]:
 
 
 def planned_evaluate_config(plan: BundlePlan) -> dict[str, Any]:
-    """evaluate.json: the template's with test-time mirroring over the planned axes and one surface-Dice tolerance
-    (1 mm, 2D: 1 pixel) per foreground class."""
+    """evaluate.json: the template's with test-time mirroring over the planned axes, one surface-Dice tolerance
+    (1 mm, 2D: 1 pixel) per foreground class, and (3D only) the label maps saved."""
     cfg = _template("evaluate.json")
     cfg["tta_axes"] = plan.mirror_axes
     cfg["surface_dice_tolerance_mm"] = [1.0] * (plan.num_classes - 1)
+    # 2D: no per-case label files (SaveImaged writes NIfTI, which a 2D channel-first prediction is not); the
+    # DRIVE bundle's evaluation does the same. unetzoo predict writes PNG/TIFF segmentations.
+    cfg["save_predictions"] = plan.spatial_dims == 3
     cfg["evaluating"] = _replace_in_list(cfg["evaluating"], "getLogger('hippocampus')",
                                          f"getLogger({plan.name!r})")
     return cfg
