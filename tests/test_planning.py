@@ -272,3 +272,35 @@ def test_plan_for_task04_hippocampus():
     assert all(m <= p < m + 2 ** depth.value for m, p in zip(fp.median_shape, patch.value))
     assert plan_normalisation(fp.modality, fp.foreground_intensity).value == {"scheme": "zscore"}
     assert plan_mirror_axes(list(fp.labels.values())[1:], 3).value == [0, 2]
+
+
+def test_2d_png_dataset_is_planned_on_its_pixel_grid(tmp_path, capsys):
+    """RGB PNGs: shapes as PIL reads them (H, W without index reversal, the DRIVE loader), 3 channels, the
+    pixel grid kept (no reorientation or resampling), both axes mirrored, a bundle passing the zoo checks."""
+    from PIL import Image
+
+    root = tmp_path / "png"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    training, labels = [], []
+    for i in range(3):
+        label = np.zeros((40, 56), np.uint8)
+        label[8 + i:30, 10:40] = 1
+        image = (np.random.default_rng(i).uniform(0, 100, (40, 56, 3)) + 100 * label[..., None]).astype(np.uint8)
+        Image.fromarray(image).save(root / "imagesTr" / f"c{i}.png")
+        Image.fromarray(label).save(root / "labelsTr" / f"c{i}.png")
+        training.append({"image": f"./imagesTr/c{i}.png", "label": f"./labelsTr/c{i}.png"})
+        labels.append(label)
+    (root / "dataset.json").write_text(json.dumps({"modality": {"0": "RGB"}, "labels": {"0": "bg", "1": "cell"},
+                                                   "training": training}))
+    fp = fingerprint_dataset(root)
+    assert fp.spatial_dims == 2 and fp.channels == 3 and fp.cases[0].shape == [40, 56]
+    assert fp.class_frequencies["1"] == pytest.approx(np.mean(np.stack(labels)))
+    assert main(["plan", "--dataset", str(root), "--output", str(tmp_path / "b"), "--budget-minutes", "0.05"]) == 0
+    train = json.loads((tmp_path / "b" / "train.json").read_text())
+    load = train["load_transforms"]
+    assert load[0]["reader"] == "PILReader" and load[0]["reverse_indexing"] is False
+    assert not {"Orientationd", "Spacingd"} & {t["_target_"] for t in load}
+    assert train["network_def"]["spatial_dims"] == 2 and train["network_def"]["in_channels"] == 3
+    assert [t["spatial_axis"] for t in train["train"]["random_transforms"] if t["_target_"] == "RandFlipd"] == [0, 1]
+    assert zoo_conformance_problems(tmp_path / "b") == {}
