@@ -89,18 +89,22 @@ def _device(text: str) -> str:
     raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N (a GPU index), got {text!r}")
 
 
+def _subcommand(sub: argparse._SubParsersAction, name: str, summary: str, description: str,
+                epilog: str) -> argparse.ArgumentParser:
+    """A sub-command parser whose epilog keeps its line breaks."""
+    return sub.add_parser(name, help=summary, description=description, epilog=epilog,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build_arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unetzoo", description="monai-unetzoo: UNet-family segmentation on MONAI.")
     parser.add_argument("--version", action="version", version=f"monai-unetzoo {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    p = sub.add_parser(
-        "predict",
-        help="segment a folder of scans with a trained bundle",
-        description="Segment every scan found in --input with a trained bundle; write the segmentations on the scans'"
-        " own grids, a summary.csv and a provenance.json to --output.",
-        epilog=_PREDICT_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = _subcommand(
+        sub, "predict", "segment a folder of scans with a trained bundle",
+        "Segment every scan found in --input with a trained bundle; write the segmentations on the scans'"
+        " own grids, a summary.csv and a provenance.json to --output.", _PREDICT_EPILOG,
     )
     p.add_argument("--bundle", required=True, metavar="DIR", help="bundle folder, e.g. bundles/hippocampus")
     p.add_argument(
@@ -164,13 +168,10 @@ Exit code: 0 written, 2 the data set cannot be planned (the reason names the fil
 
 
 def _add_plan_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "plan",
-        help="plan a bundle from a labelled data set's fingerprint",
-        description="Fingerprint an MSD-style data set (shapes, spacings, orientations, foreground intensities, "
-        "class volumes) and write a bundle planned from it (nnU-Net's heuristics).",
-        epilog=_PLAN_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = _subcommand(
+        sub, "plan", "plan a bundle from a labelled data set's fingerprint",
+        "Fingerprint an MSD-style data set (shapes, spacings, orientations, foreground intensities, class volumes) "
+        "and write a bundle planned from it (nnU-Net's heuristics).", _PLAN_EPILOG,
     )
     p.add_argument("--dataset", required=True, metavar="DIR", help="MSD-style folder holding dataset.json")
     p.add_argument("--output", required=True, metavar="DIR", help="bundle folder to write, e.g. bundles/mytask")
