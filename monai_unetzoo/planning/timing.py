@@ -3,7 +3,10 @@
 Why measure rather than estimate: the speed of a 3D convolution on CPU varies by an order of magnitude with the
 core count, the oneDNN build and the memory bandwidth; a few real iterations (forward, Dice + cross-entropy,
 backward, AdamW step) of the planned network at the planned patch and batch size are the budget's only reliable
-unit. The first iteration (allocation, kernel selection) is not counted.
+unit. The step is the planned bundle's: channels-last memory format and the trainer's
+:class:`~monai_unetzoo.engines.AutocastForwardInferer` (``amp="auto"``: bf16 where the device computes it natively
+and its backward is checked safe, else fp32). The first iteration (allocation, kernel selection, the bf16 check)
+is not counted.
 """
 
 from __future__ import annotations
@@ -27,11 +30,15 @@ def time_training_iteration(
     """
     from monai.losses import DiceCELoss
 
+    from ..engines import AutocastForwardInferer
     from ..networks import get_network
 
     dev = torch.device(device)
     net = get_network(network_name, spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes,
-                      features=list(features), norm=("instance", {"affine": True}), upsample="deconv").to(dev)
+                      features=list(features), norm=("instance", {"affine": True}), upsample="deconv")
+    layout = torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
+    net = net.to(dev, memory_format=layout)
+    forward = AutocastForwardInferer(amp="auto", channels_last=True)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     generator = torch.Generator().manual_seed(0)
@@ -41,7 +48,7 @@ def time_training_iteration(
     for step in range(iterations + 1):
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        out = net(x)
+        out = forward(x, net)
         loss = loss_fn(out[0] if isinstance(out, (list, tuple)) else out, y)
         loss.backward()
         optimizer.step()
