@@ -241,7 +241,7 @@ def test_planned_bundle_trains_and_predicts(planned, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
                            str(bundle / "train.json"), "--output_dir", str(out), "--epochs", "1", "--epoch_length",
                            "2", "--val_interval", "1", "--num_val_cases", "1", "--num_threads", "2"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                          cwd=REPO, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Epoch[1] Complete" in proc.stdout + proc.stderr and (out / "model.pt").is_file()
     pred = tmp_path / "pred"
