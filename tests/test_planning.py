@@ -232,6 +232,26 @@ def test_planned_bundle_passes_the_zoo_checks(planned, bundle_schema):
     verify_metadata(meta_file=str(bundle / "metadata.json"), filepath=str(bundle_schema))
 
 
+@pytest.mark.parametrize("kind, configs", [("train", ["train.json"]), ("eval", ["train.json", "evaluate.json"]),
+                                            ("infer", ["inference.json"])])
+def test_planned_bundle_workflows_have_monai_s_properties(planned, tmp_path, kind, configs):
+    """MONAI's ``ConfigWorkflow.check_properties`` for the three workflows and ``verify_net_in_out`` at its
+    defaults, as tests/test_bundle_conformance.py runs them on the hand-written bundles."""
+    from monai.bundle import ConfigWorkflow, verify_net_in_out
+
+    bundle, data = planned
+    files = [str(bundle / c) for c in configs]
+    workflow = ConfigWorkflow(config_file=files if len(files) > 1 else files[0], logging_file=False,
+                              meta_file=str(bundle / "metadata.json"), workflow_type=kind,
+                              output_dir=str(tmp_path / "models"), num_workers=0, num_threads=1)
+    workflow.initialize()
+    assert workflow.check_properties() == []
+    assert workflow.bundle_root == str(bundle.resolve())
+    if kind == "train":
+        assert workflow.dataset_dir == str(data.resolve())
+        verify_net_in_out(net_id="network_def", meta_file=str(bundle / "metadata.json"), config_file=files[0])
+
+
 def test_planned_bundle_trains_and_predicts(planned, tmp_path):
     """2 training iterations through MONAI's bundle runner, then ``unetzoo predict`` with the weights it saved:
     the segmentation lies on the input's grid."""
