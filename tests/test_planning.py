@@ -185,6 +185,28 @@ def test_bad_datasets_are_refused_naming_the_files(tmp_path):
     assert "case_001.nii.gz" in str(err.value) and "case_002.nii.gz" in str(err.value)
 
 
+def test_nrrd_label_on_another_grid_is_refused(tmp_path):
+    """NRRD headers are not checked by the datalist builder; the fingerprint compares the loaded affines."""
+    import SimpleITK as sitk
+
+    root = tmp_path / "nrrd"
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    training = []
+    for i, (image, label, affine) in enumerate(_three_cases()[:2]):
+        img, lab = sitk.GetImageFromArray(image.T.copy()), sitk.GetImageFromArray(label.T.copy())
+        img.SetSpacing(tuple(float(v) for v in np.diag(affine)[:3]))
+        lab.SetSpacing(tuple(float(v) for v in np.diag(affine)[:3] * (1.5 if i == 1 else 1.0)))
+        sitk.WriteImage(img, str(root / "imagesTr" / f"c{i}.nrrd"))
+        sitk.WriteImage(lab, str(root / "labelsTr" / f"c{i}.nrrd"))
+        training.append({"image": f"./imagesTr/c{i}.nrrd", "label": f"./labelsTr/c{i}.nrrd"})
+    (root / "dataset.json").write_text(json.dumps({"modality": {"0": "T2"}, "training": training,
+                                                   "labels": {"0": "background", "1": "outer", "2": "inner"}}))
+    with pytest.raises(DatasetFingerprintError, match=r"labelsTr/c1.nrrd: label geometry \(affine\) differs") as err:
+        fingerprint_dataset(root)
+    assert "c0.nrrd" not in str(err.value)
+
+
 def test_cli_refuses_with_exit_2(tmp_path, capsys):
     one = write_folder(tmp_path / "one", _three_cases()[:1])
     assert main(["plan", "--dataset", str(one), "--output", str(tmp_path / "b")]) == 2
