@@ -213,6 +213,9 @@ def test_cli_refuses_with_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(one / "dataset.json") in err and "at least 2" in err and "Traceback" not in err
     assert not (tmp_path / "b").exists()
+    two = write_folder(tmp_path / "two", _three_cases())
+    assert main(["plan", "--dataset", str(two), "--output", str(REPO / "bundles" / "hippocampus")]) == 2
+    assert "not written by unetzoo plan" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------ the planned bundle

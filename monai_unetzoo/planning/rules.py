@@ -181,9 +181,9 @@ def plan_patch_and_depth(median_shape: Sequence[float], spacing: Sequence[float]
         depth, pools, rounded = _depth_and_round(patch, spacing)
         features = plan_features(depth, len(patch), device)
         need = estimate_training_bytes(rounded, features.value, batch_size, in_channels)
-        extent = [p * s for p, s in zip(patch, spacing)]
+        extent = [p * s if p > 2 * MIN_FEATURE_MAP else -1.0 for p, s in zip(patch, spacing)]
         axis = int(np.argmax(extent))
-        if need <= budget or patch[axis] <= 2 * MIN_FEATURE_MAP:
+        if need <= budget or extent[axis] < 0:  # fits, or every axis is already at its minimum
             break
         patch[axis] = max(2 * MIN_FEATURE_MAP, patch[axis] - max(2 ** pools[axis], 2))
     shrunk = [int(round(s)) for s in median_shape] != patch
