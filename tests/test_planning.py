@@ -245,7 +245,12 @@ def test_planned_bundle_follows_the_plan(planned):
     assert flips == [1, 2]  # "left part": never mirrored across the left-right axis
     assert meta["fingerprint"]["median_shape"] == [20, 20, 10] and len(meta["fingerprint"]["cases"]) == 5
     assert {r["name"] for r in meta["plan"]["rules"]} >= {"target spacing (mm)", "patch size (voxels)", "epochs"}
-    assert "| mirror axes | [1, 2] |" in (bundle / "README.md").read_text()
+    readme = (bundle / "README.md").read_text()
+    assert "| mirror axes | [1, 2] |" in readme
+    headings = [line[3:].strip().lower() for line in readme.splitlines() if line.startswith("## ")]
+    for section in ("overview", "data", "training", "performance", "commands", "torchscript and onnx",
+                    "references", "data licence"):  # the zoo template's sections, as test_bundle_conformance
+        assert any(h.startswith(section) for h in headings), (section, headings)
 
 
 def test_planned_bundle_passes_the_zoo_checks(planned, bundle_schema):
