@@ -48,6 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset_dir", default=default_dataset_dir(), help="MSD Task04 folder (with dataset.json)")
     p.add_argument("--minutes", type=float, default=15.0, help="training budget in minutes (caching included)")
+    p.add_argument("--bundle", default=str(BUNDLE),
+                   help="bundle folder whose train.json is trained (default bundles/hippocampus; benchmarks/planned.py "
+                   "passes a bundle planned by unetzoo plan)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--pin", action="store_true", help="pin the process to the first --threads CPUs")
     p.add_argument("--output_dir", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "unetzoo_bench_hippocampus"))
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
 
     parser = ConfigParser()
-    parser.read_config(str(BUNDLE / "train.json"))
+    parser.read_config(str(Path(args.bundle) / "train.json"))
     parser.update({
         "dataset_dir": args.dataset_dir,
         "output_dir": str(out),

@@ -1,4 +1,4 @@
-"""Command line: ``unetzoo predict`` (also ``python -m monai_unetzoo predict`` and ``python -m unetzoo_cli``).
+"""Command line: ``unetzoo predict`` and ``unetzoo plan`` (also ``python -m monai_unetzoo predict`` and ``python -m unetzoo_cli``).
 
 Why a package of its own, outside ``monai_unetzoo``: importing ``monai_unetzoo`` imports torch and MONAI (every
 submodule must be loaded for MONAI's config resolver to find our components by short name), which takes seconds.
@@ -95,18 +95,22 @@ def _device(text: str) -> str:
     raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N (a GPU index), got {text!r}")
 
 
+def _subcommand(sub: argparse._SubParsersAction, name: str, summary: str, description: str,
+                epilog: str) -> argparse.ArgumentParser:
+    """A sub-command parser whose epilog keeps its line breaks."""
+    return sub.add_parser(name, help=summary, description=description, epilog=epilog,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build_arg_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="unetzoo", description="monai-unetzoo: UNet-family segmentation on MONAI.")
     parser.add_argument("--version", action="version", version=f"monai-unetzoo {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    p = sub.add_parser(
-        "predict",
-        help="segment a folder of scans with a trained bundle",
-        description="Segment every scan found in --input with a trained bundle; write the segmentations on the scans'"
-        " own grids, a summary.csv and a provenance.json to --output.",
-        epilog=_PREDICT_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = _subcommand(
+        sub, "predict", "segment a folder of scans with a trained bundle",
+        "Segment every scan found in --input with a trained bundle; write the segmentations on the scans'"
+        " own grids, a summary.csv and a provenance.json to --output.", _PREDICT_EPILOG,
     )
     p.add_argument("--bundle", required=True, metavar="DIR", help="bundle folder, e.g. bundles/hippocampus")
     p.add_argument(
@@ -157,7 +161,55 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--preview", action=argparse.BooleanOptionalAction, default=True,
                    help="write a preview PNG per case (segmentation over the image) shown in report.html (default: on)")
     p.add_argument("--quiet", action="store_true", help="no progress bars; print only the final one-line summary")
+    _add_plan_parser(sub)
     return parser
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {v}")
+    return v
+
+
+_PLAN_EPILOG = """\
+example:
+  unetzoo plan --dataset ../shared/data/Task04_Hippocampus --output bundles/hippo_planned --budget-minutes 15
+
+--dataset is an MSD-style folder: dataset.json ("modality", "labels", "training": [{"image", "label"}]),
+imagesTr/, labelsTr/ (NIfTI, NRRD, MHA; PNG/TIFF for 2D). Writes metadata.json (with the fingerprint and the
+plan), train.json, evaluate.json, inference.json, multi_gpu_train.json, onnx_export.json, logging.conf, LICENSE
+and a README.md giving every planning rule's value and reason.
+Exit code: 0 written, 2 the data set cannot be planned (the reason names the files) or a usage error.
+"""
+
+
+def _add_plan_parser(sub: argparse._SubParsersAction) -> None:
+    p = _subcommand(
+        sub, "plan", "plan a bundle from a labelled data set's fingerprint",
+        "Fingerprint an MSD-style data set (shapes, spacings, orientations, foreground intensities, class volumes) "
+        "and write a bundle planned from it (nnU-Net's heuristics).", _PLAN_EPILOG,
+    )
+    p.add_argument("--dataset", required=True, metavar="DIR", help="MSD-style folder holding dataset.json")
+    p.add_argument("--output", required=True, metavar="DIR", help="bundle folder to write, e.g. bundles/mytask")
+    p.add_argument("--budget-minutes", type=_positive_float, default=15.0, metavar="M",
+                   help="training time budget; epochs are planned from a timing run on this machine (default 15)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="device the bundle is planned for (memory budget, features, timing run; default cpu)")
+    p.add_argument("--network", choices=("resunet", "unet", "unetpp"), default="resunet", help="default resunet")
+    p.add_argument("--max-cases", type=_positive_int, default=None, metavar="N",
+                   help="fingerprint N randomly chosen cases (seed 0) instead of all, for a quick plan")
+    p.add_argument("--name", default=None, help="bundle name for logs and metadata (default: the output's name)")
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    """``unetzoo plan`` after parsing: the heavy imports happen here."""
+    from monai_unetzoo.planning.workflow import run_plan_command
+
+    return run_plan_command(args)
 
 
 def _run_predict(args: argparse.Namespace) -> int:
@@ -173,6 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "predict":
         return _run_predict(args)
+    if args.command == "plan":
+        return _run_plan(args)
     parser.error(f"unknown command {args.command}")  # pragma: no cover - argparse rejects it first
     return 2
 

@@ -51,6 +51,7 @@ __all__ = [
     "msd_datalists",
     "msd_label_names",
     "resolve_msd_dataset_dir",
+    "checked_msd_dataset_dir",
     "draw_synthetic_hippocampus",
     "write_synthetic_msd_hippocampus",
     "volume_inference_datalist",
@@ -472,6 +473,13 @@ def resolve_msd_dataset_dir(
             f"{num_training} training + {num_test} test volumes of about {'x'.join(str(v) for v in shape)} voxels, "
             "ellipsoid 'hippocampi'", out, "hippocampus segmentation", "/path/to/Task04_Hippocampus")
         return str(out)
+    return checked_msd_dataset_dir(dataset_dir, exit_on_error=exit_on_error)
+
+
+def checked_msd_dataset_dir(dataset_dir: str | os.PathLike, exit_on_error: bool = False) -> str:
+    """The absolute path of a real MSD folder after checking its ``dataset.json`` and that every listed file
+    exists (:func:`build_msd_datalist` without header reads); planned bundles use it directly (they have no
+    synthetic stand-in). ``exit_on_error``: print the problems and exit with status 2 instead of raising."""
     root = Path(dataset_dir).expanduser().resolve()
     try:
         build_msd_datalist(root, "training", validate=False)  # raises an MSDDatasetError listing what is missing
