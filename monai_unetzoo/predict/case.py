@@ -141,6 +141,7 @@ class CasePipeline:
         self.predictor = settings.make_predictor()
         self.postprocess = parse_postprocess(settings.postprocess)
         bundle.network.to(self.device)
+        self.window_network = settings.make_window_network(bundle)  # eager: bundle.network itself
 
     def _load(self, case: PredictionCase) -> tuple[Any, ScanGrid]:
         b = self.bundle
@@ -193,7 +194,7 @@ class CasePipeline:
             raise CaseError(f"{case.source}: the bundle's preprocessing failed ({describe_failure(exc)})") from exc
         x = data["image"]
         batch = (x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x))[None].to(self.device)
-        scores = self.predictor(batch, b.network)[0].detach().to("cpu", torch.float32)
+        scores = self.predictor(batch, self.window_network)[0].detach().to("cpu", torch.float32)
         del batch
         if data.get("roi") is not None:
             _mask_outside_roi(scores, data["roi"], case.source)

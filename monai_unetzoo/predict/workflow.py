@@ -39,6 +39,7 @@ def settings_from_arguments(args: argparse.Namespace) -> PredictionSettings:
         overwrite=args.overwrite,
         quiet=args.quiet,
         shard=args.shard,
+        backend=getattr(args, "backend", "eager"),
     )
 
 
@@ -63,7 +64,7 @@ def _header(bundle: PredictionBundle, resolved: ResolvedSettings) -> list[str]:
         *([f"  ensemble  mean probability of {len(bundle.members)} networks"] if len(bundle.members) > 1 else []),
         f"  device    {resolved.device} ({resolved.threads} thread(s)); window "
         f"{'x'.join(str(r) for r in resolved.roi_size)}, overlap {resolved.overlap}, TTA {tta}, precision "
-        f"{resolved.precision}, post-processing {resolved.postprocess}",
+        f"{resolved.precision}, post-processing {resolved.postprocess}, backend {resolved.backend}",
     ]
 
 
