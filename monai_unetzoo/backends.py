@@ -29,6 +29,7 @@ import hashlib
 import importlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -194,10 +195,13 @@ def _export_onnx(network: nn.Module, path: Path, window_shape: Sequence[int]) ->
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     net = _inference_copy(network, torch.float32)
     try:
-        with torch.no_grad():
+        # the TorchScript-based exporter (torch.export's rejects MONAI's padding logic; see bundles/drive/README.md);
+        # its tracer warnings are about shape-dependent Python branches, which a fixed window makes constant
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             torch.onnx.export(net, (torch.zeros((2, *window_shape)),), str(tmp), dynamo=False,
                               input_names=["image"], output_names=["pred"],
-                              dynamic_axes={"image": [0], "pred": [0]})
+                              dynamic_axes={"image": {0: "windows"}, "pred": {0: "windows"}})
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -171,11 +171,19 @@ def test_cli_backend_choices_match_the_package():
     assert unetzoo_cli._BACKEND_CHOICES == BACKEND_CHOICES
 
 
+def test_a_missing_runtime_names_its_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # what `import onnxruntime` meets when it is absent
+    reason = backend_unavailable_reason("onnxruntime")
+    assert reason is not None and "needs onnxruntime" in reason and "monai-unetzoo[onnx]" in reason
+    assert backend_unavailable_reason("eager") is None and backend_unavailable_reason("compile") is None
+    assert "unknown backend" in backend_unavailable_reason("tensorrt")
+
+
 @pytest.mark.real_data
-@pytest.mark.parametrize("backend,extra", [("openvino", "monai-unetzoo[openvino]"), ("onnxruntime", "monai-unetzoo[onnx]")])
-def test_a_missing_runtime_is_a_usage_error_naming_the_extra(hippocampus_dir, tmp_path, backend, extra):
+def test_a_missing_runtime_is_a_usage_error_naming_the_extra(hippocampus_dir, tmp_path):
     """The runtime hidden from the CLI's interpreter (``sys.modules[name] = None`` in a sitecustomize): exit 2 and
     one line naming the extra, no traceback, nothing predicted."""
+    backend, extra = "openvino", "monai-unetzoo[openvino]"
     hide = tmp_path / "hide"
     hide.mkdir()
     (hide / "sitecustomize.py").write_text("import sys\nsys.modules['openvino'] = None\nsys.modules['onnxruntime'] = None\n")

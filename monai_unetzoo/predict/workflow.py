@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
+from ..backends import backend_unavailable_reason
 from .batch import EXIT_USAGE, run_batch_prediction
 from .bundle import BundleConfigError, PredictionBundle, load_prediction_bundle
 from .case import CasePipeline
@@ -75,7 +76,7 @@ def run_predict_command(args: argparse.Namespace) -> int:
         out_dir = check_output_writable(args.output, create=not args.dry_run)
     except OSError as exc:
         return _usage_error(str(exc))
-    problem = _device_problem(args.device)
+    problem = _device_problem(args.device) or backend_unavailable_reason(getattr(args, "backend", "eager"))
     if problem:
         return _usage_error(problem)
     settings = settings_from_arguments(args)
