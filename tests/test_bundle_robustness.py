@@ -38,7 +38,7 @@ def _env() -> dict:
 
 def _bundle(config: str, *args: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", config, *args]
-    return subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, encoding="utf-8", errors="replace")
 
 
 def _finish(*procs: subprocess.Popen, timeout: int = 240) -> list[tuple[int, str, str]]:

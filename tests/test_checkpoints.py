@@ -480,9 +480,9 @@ def test_bundle_killed_and_resumed_matches_uninterrupted_bitwise(tmp_path):
     # (--resume true without a checkpoint, and with a truncated one, are tested on the repository's DRIVE bundle in
     # test_bundle_robustness.py.)
     procs = [subprocess.Popen(_bundle_cmd(config, full), cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True),
+                              stderr=subprocess.STDOUT, encoding="utf-8", errors="replace"),
              subprocess.Popen(_bundle_cmd(config, killed, "--kill_at_iteration", "10"), cwd=tmp_path, env=_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8", errors="replace")]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert procs[0].returncode == 0, outs[0][-3000:]
     assert procs[1].returncode == -signal.SIGKILL, outs[1][-3000:]
@@ -496,9 +496,9 @@ def test_bundle_killed_and_resumed_matches_uninterrupted_bitwise(tmp_path):
     control = tmp_path / "control"
     shutil.copytree(killed, control)
     procs = [subprocess.Popen(_bundle_cmd(config, killed, "--resume", "true"), cwd=tmp_path, env=_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8", errors="replace"),
              subprocess.Popen(_bundle_cmd(config_no_rng, control, "--resume", "true"), cwd=tmp_path, env=_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, encoding="utf-8", errors="replace")]
     outs2 = [p.communicate(timeout=300)[0] for p in procs]
     assert procs[0].returncode == 0, outs2[0][-3000:]
     assert procs[1].returncode == 0, outs2[1][-3000:]

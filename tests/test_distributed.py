@@ -244,7 +244,7 @@ def test_two_process_gloo_training_through_torchrun(tmp_path):
     cmd = [torchrun, "--standalone", "--nproc_per_node=2", "-m", "monai.bundle", "run", "training",
            "--config_file", "['train.json','multi_gpu_train.json','test_only.json']", "--output_dir", str(out)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT), CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=240)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
 
@@ -312,7 +312,7 @@ def _run_repo_bundle_ddp(tmp_path: Path, bundle: str, *overrides: str) -> tuple[
            "--config_file", str(configs), "--out_root", str(out), "--num_workers", "0", "--num_threads", "1",
            *overrides]
     env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=240)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]
     return out, log

@@ -104,7 +104,7 @@ def _checkpoint(path: Path, seed: int) -> Path:
 def _predict(src: Path, out: Path, *checkpoints: Path) -> Path:
     proc = subprocess.run([UNETZOO, "predict", "--bundle", str(BUNDLE), "--checkpoint", *map(str, checkpoints),
                            "--input", str(src), "--output", str(out), "--save-probabilities", "--precision", "fp32",
-                           "--quiet"], capture_output=True, text=True, env=ENV, timeout=300)
+                           "--quiet"], capture_output=True, encoding="utf-8", errors="replace", env=ENV, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 

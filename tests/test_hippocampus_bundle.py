@@ -61,7 +61,7 @@ def surface_distances(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndar
 def run_bundle(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2")
     proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, encoding="utf-8", errors="replace", timeout=timeout)
     assert proc.returncode == 0, f"bundle command failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
     return proc
 
@@ -338,7 +338,7 @@ def _tiny_training(data: Path, out: Path, *extra: str) -> subprocess.CompletedPr
     cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(BUNDLE / "train.json"),
            "--dataset_dir", str(data), "--output_dir", str(out), "--patch_size", "[16,16,16]", "--batch_size", "1",
            "--val_interval", "1", "--num_workers", "0", "--num_threads", "1", "--device", "cpu", *extra]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=300)
 
 
 @pytest.fixture(scope="module")

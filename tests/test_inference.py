@@ -530,7 +530,7 @@ def test_peak_memory_has_no_full_volume_copy_per_class(tmp_path):
     )
     if not os.path.exists("/proc/self/statm"):
         pytest.skip("needs /proc/self/statm (Linux)")
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, encoding="utf-8", errors="replace", timeout=300)
     assert res.returncode == 0, res.stderr
     base, peak, acc_bytes = map(int, res.stdout.split())
     n = 96**3

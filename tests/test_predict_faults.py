@@ -35,7 +35,7 @@ pytestmark = pytest.mark.real_data
 
 def predict(*args: str, preexec_fn=None, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([UNETZOO, "predict", "--bundle", str(BUNDLE), "--quiet", *args], capture_output=True,
-                          text=True, env=ENV, timeout=timeout, preexec_fn=preexec_fn)
+                          encoding="utf-8", errors="replace", env=ENV, timeout=timeout, preexec_fn=preexec_fn)
 
 
 def rows_of(out: Path, name: str = "summary.csv") -> dict[str, dict[str, str]]:
@@ -176,7 +176,7 @@ def test_metadata_that_does_not_match_the_network_is_a_usage_error(checkpoints, 
     (bundle / "metadata.json").write_text(json.dumps(meta))
     out = tmp_path / "out"
     proc = subprocess.run([UNETZOO, "predict", "--bundle", str(bundle), "--checkpoint", str(checkpoints[0]),
-                           "--input", str(volumes[0]), "--output", str(out)], capture_output=True, text=True,
+                           "--input", str(volumes[0]), "--output", str(out)], capture_output=True, encoding="utf-8", errors="replace",
                           env=ENV, timeout=300)
     assert proc.returncode == 2
     assert "declares 4 output channel(s)" in proc.stderr and "(1, 3, 40, 56, 40)" in proc.stderr
@@ -311,7 +311,7 @@ def test_training_data_problems_exit_2_with_every_problem_listed(hippocampus_dir
     def train() -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
                                str(BUNDLE / "train.json"), "--dataset_dir", str(data), "--output_dir",
-                               str(tmp_path / "models"), "--epochs", "1"], capture_output=True, text=True, env=ENV,
+                               str(tmp_path / "models"), "--epochs", "1"], capture_output=True, encoding="utf-8", errors="replace", env=ENV,
                               timeout=300)
 
     proc = train()

@@ -29,7 +29,7 @@ ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="2")
 
 
 def run(cmd: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, encoding="utf-8", errors="replace", timeout=timeout)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc
 
@@ -214,11 +214,11 @@ def test_help_imports_neither_torch_nor_monai():
         "heavy = sorted(m for m in ('torch', 'monai', 'numpy', 'monai_unetzoo') if m in sys.modules)\n"
         "print('HEAVY', heavy)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", errors="replace", cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "--precision" in proc.stdout and "--threads" in proc.stdout
     assert "HEAVY []" in proc.stdout, proc.stdout
-    console = subprocess.run([UNETZOO, "--help"], capture_output=True, text=True, timeout=120)
+    console = subprocess.run([UNETZOO, "--help"], capture_output=True, encoding="utf-8", errors="replace", timeout=120)
     assert console.returncode == 0 and "predict" in console.stdout
 
 
@@ -228,7 +228,7 @@ def test_dry_run_writes_nothing_and_damaged_checkpoint_is_a_usage_error(hippocam
     out = tmp_path / "never_created"
     proc = subprocess.run([UNETZOO, "predict", "--bundle", str(REPO / "bundles" / "hippocampus"), "--checkpoint",
                            str(hippocampus_model), "--input", str(src), "--output", str(out), "--dry-run"],
-                          capture_output=True, text=True, env=ENV, timeout=300)
+                          capture_output=True, encoding="utf-8", errors="replace", env=ENV, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert str(out / src.name.replace(".nii.gz", "_seg.nii.gz")) in proc.stdout
     assert not out.exists()
@@ -236,6 +236,6 @@ def test_dry_run_writes_nothing_and_damaged_checkpoint_is_a_usage_error(hippocam
     truncated.write_bytes(hippocampus_model.read_bytes()[:1000])
     proc = subprocess.run([UNETZOO, "predict", "--bundle", str(REPO / "bundles" / "hippocampus"), "--checkpoint",
                            str(truncated), "--input", str(src), "--output", str(tmp_path / "o")],
-                          capture_output=True, text=True, env=ENV, timeout=300)
+                          capture_output=True, encoding="utf-8", errors="replace", env=ENV, timeout=300)
     assert proc.returncode == 2
     assert f"{truncated}: truncated or corrupt checkpoint" in proc.stderr

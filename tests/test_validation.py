@@ -256,7 +256,7 @@ def test_bundle_command_reports_every_problem_and_exits_non_zero(tmp_path):
         cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "train.json",
                "--datalist_file", datalist]
         return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+                                encoding="utf-8", errors="replace")
 
     bad = start("bad.json")
     bad_out, bad_err = bad.communicate(timeout=300)
