@@ -193,7 +193,7 @@ def test_a_missing_runtime_is_a_usage_error_naming_the_extra(hippocampus_dir, tm
     proc = subprocess.run([UNETZOO, "predict", "--bundle", str(REPO / "bundles" / "hippocampus"), "--checkpoint",
                            str(seeded_checkpoint("hippocampus", tmp_path)), "--input", str(source), "--output",
                            str(tmp_path / "out"), "--backend", backend, "--quiet"],
-                          capture_output=True, text=True, env=env, timeout=300)
+                          capture_output=True, encoding="utf-8", errors="replace", env=env, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert f"--backend {backend} needs {backend}" in proc.stderr and extra in proc.stderr

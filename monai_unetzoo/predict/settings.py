@@ -154,10 +154,19 @@ class ResolvedSettings:
 
     def make_window_network(self, bundle: PredictionBundle) -> Any:
         """What the predictor runs per window batch: the bundle's network (``eager``) or its compiled/exported form
-        for ``backend`` (see :mod:`monai_unetzoo.backends`; compiles or exports now, or loads it from the cache)."""
+        for ``backend`` (see :mod:`monai_unetzoo.backends`; compiles or exports now, or loads it from the cache).
+        Raises :class:`BundleConfigError` when that backend cannot take the network."""
         from ..backends import build_window_network
 
-        return build_window_network(
-            self.backend, bundle.network, window_shape=(bundle.in_channels, *self.roi_size), batch=self.sw_batch_size,
-            dtype=self.inference_dtype(), weights_sha256=bundle.checkpoint_sha256, threads=self.threads,
-        )
+        try:
+            return build_window_network(
+                self.backend, bundle.network, window_shape=(bundle.in_channels, *self.roi_size),
+                batch=self.sw_batch_size, dtype=self.inference_dtype(), weights_sha256=bundle.checkpoint_sha256,
+                threads=self.threads,
+            )
+        except Exception as exc:  # an exporter/compiler that cannot take this network: say so, before any case
+            if self.backend == "eager":
+                raise
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise BundleConfigError(f"--backend {self.backend} could not prepare the bundle's network "
+                                    f"({type(exc).__name__}: {first}); --backend eager runs it") from exc

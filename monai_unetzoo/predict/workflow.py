@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from ..backends import backend_unavailable_reason
+from ..backends import backend_unavailable_reason, unetzoo_cache_dir
 from .batch import EXIT_USAGE, run_batch_prediction
 from .bundle import BundleConfigError, PredictionBundle, load_prediction_bundle
 from .case import CasePipeline
@@ -112,7 +112,13 @@ def run_predict_command(args: argparse.Namespace) -> int:
     except (OutputFolderBusy, OSError) as exc:
         return _usage_error(str(exc))
     try:
-        pipeline = CasePipeline(bundle, resolved)
+        if resolved.backend != "eager":
+            info(f"  backend   {resolved.backend}: compiled/exported once per checkpoint, window and dtype, cached in "
+                 f"{unetzoo_cache_dir()}")
+        try:
+            pipeline = CasePipeline(bundle, resolved)
+        except BundleConfigError as exc:
+            return _usage_error(str(exc))
         extra = {"input_root": str(input_root), "inputs": [str(Path(p)) for p in args.input],
                  "checkpoint_arg": args.checkpoint}
         return run_batch_prediction(pipeline, cases, out_dir, settings, extra_provenance=extra,
