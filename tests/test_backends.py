@@ -115,6 +115,9 @@ def test_backend_reproduces_the_eager_predictor_on_a_real_case(real_cases, cache
     assert 0 < want.mean() and want.max() > 0  # a non-trivial map: agreement on an all-background map means nothing
     agreement = float((got == want).mean())
     assert agreement >= AGREEMENT[precision], f"{name} {backend} {precision}: agreement {agreement:.5f}"
+    # what a second process reuses is on disk: inductor's FX graph cache, or the exported model
+    stored = list((cache_root / backend).rglob("fxgraph/*" if backend == "compile" else "*.onnx"))
+    assert stored, f"nothing cached under {cache_root / backend}"
 
 
 def test_onnxruntime_refuses_bf16_and_backends_refuse_ensembles(tmp_path):
