@@ -14,10 +14,11 @@ logits (W, C, *roi)`` that :class:`~monai_unetzoo.inference.SlidingWindowPredict
   no bf16 convolutions --, OpenVINO in bf16 or fp32 through its inference-precision hint).
 
 Why a key and not just the checkpoint's file name: a cached model is reused only when it was made from the same
-weights (the checkpoint's SHA-256, else a hash of the state dict), the same network definition, window, batch,
-dtype and the same versions of torch and the runtime; anything else gets a new key, so a changed checkpoint never
-reuses a stale compiled or exported model. ``auto`` is ``eager``: the choice by measurement is not made yet
-(``benchmarks/backends.py`` prints the table it would be made from).
+weights (the checkpoint's SHA-256, else a hash of the state dict), the same network definition (its ``repr`` and the
+source files of its classes), window, batch, dtype and the same versions of torch, MONAI and the runtime; anything
+else gets a new key, so a changed checkpoint never reuses a stale compiled or exported model. ``auto`` is
+``eager``: the choice by measurement is not made yet (``benchmarks/backends.py`` prints the table it would be made
+from).
 
 The cache folder is ``$UNETZOO_CACHE_DIR``, else ``$XDG_CACHE_HOME/monai-unetzoo``, else ``~/.cache/monai-unetzoo``.
 """
@@ -96,9 +97,9 @@ def _library_versions(backend: str) -> dict[str, str]:
     """Versions that change what a cached model contains or how it is read."""
     from importlib.metadata import PackageNotFoundError, version
 
-    names = {"compile": ["torch"], "onnxruntime": ["torch", "onnx", "onnxruntime"], "openvino": ["torch", "openvino"]}
+    names = {"compile": [], "onnxruntime": ["onnx", "onnxruntime"], "openvino": ["openvino"]}
     found = {}
-    for pkg in names.get(backend, ["torch"]):
+    for pkg in ["torch", "monai", *names.get(backend, [])]:
         try:
             found[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -115,6 +116,23 @@ def _state_dict_sha256(network: nn.Module) -> str:
     return h.hexdigest()
 
 
+def _network_code_sha256(network: nn.Module) -> str:
+    """SHA-256 of the source files defining the network's module classes: a changed ``forward`` (same ``repr``, same
+    weights) must not reuse a model traced from the old code."""
+    import inspect
+
+    files = set()
+    for m in network.modules():
+        try:
+            files.add(inspect.getsourcefile(type(m)) or "")
+        except TypeError:  # a class without a source file (built-in)
+            continue
+    h = hashlib.sha256()
+    for f in sorted(f for f in files if f and os.path.isfile(f)):
+        h.update(Path(f).read_bytes())
+    return h.hexdigest()
+
+
 def window_model_key(backend: str, network: nn.Module, weights_sha256: str, window_shape: Sequence[int],
                      batch: int, dtype: torch.dtype) -> str:
     """The cache key of a compiled/exported model: a hash of everything it depends on (module docstring)."""
@@ -122,6 +140,7 @@ def window_model_key(backend: str, network: nn.Module, weights_sha256: str, wind
         "backend": backend,
         "weights": weights_sha256 or _state_dict_sha256(network),
         "network": repr(network),
+        "code": _network_code_sha256(network),
         "window": [int(s) for s in window_shape],
         "batch": int(batch),
         "dtype": _DTYPE_NAMES.get(dtype, str(dtype)),
