@@ -50,6 +50,10 @@ could not be written (disk full: free space and rerun), 143/130 interrupted.
 """
 
 
+#: monai_unetzoo.backends.BACKEND_CHOICES, repeated so that --help needs no torch import (a test keeps them equal)
+_BACKEND_CHOICES = ("auto", "eager", "compile", "onnxruntime", "openvino")
+
+
 def _shard(text: str) -> tuple[int, int]:
     try:
         i, n = (int(v) for v in text.split("/"))
@@ -138,6 +142,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
                    "(mirror_axes); default: the bundle's own choice")
     p.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default=None,
                    help="network precision (default: the bundle's; 'auto' = bf16 where the device computes it natively)")
+    p.add_argument("--backend", choices=_BACKEND_CHOICES, default="eager",
+                   help="what runs the network: eager (PyTorch, default), compile (torch.compile, cached on disk), "
+                   "onnxruntime (extra [onnx]) or openvino (extra [openvino]), exported once and cached by checkpoint "
+                   "SHA-256 under ~/.cache/monai-unetzoo ($UNETZOO_CACHE_DIR); auto = eager for now")
     p.add_argument("--amp", action="store_const", const="auto", dest="precision", help="same as --precision auto")
     p.add_argument("--postprocess", default=None, metavar="SPEC",
                    help="label post-processing: none, largest (largest connected component per structure), "

@@ -153,6 +153,7 @@ class CasePipeline:
         self.postprocess = parse_postprocess(settings.postprocess)
         self.window_progress = False  # a bar over the windows of each case (the batch turns it on unless --quiet)
         bundle.network.to(self.device)
+        self.window_network = settings.make_window_network(bundle)  # eager: bundle.network itself
 
     def _load(self, case: PredictionCase) -> tuple[Any, ScanGrid]:
         b = self.bundle
@@ -205,7 +206,7 @@ class CasePipeline:
             raise CaseError(f"{case.source}: the bundle's preprocessing failed ({describe_failure(exc)})") from exc
         x = data["image"]
         batch = (x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x))[None].to(self.device)
-        with case_window_progress(b.network, self.predictor, batch, case.case_id, self.window_progress) as network:
+        with case_window_progress(self.window_network, self.predictor, batch, case.case_id, self.window_progress) as network:
             scores = self.predictor(batch, network)[0].detach().to("cpu", torch.float32)
         del batch
         if data.get("roi") is not None:

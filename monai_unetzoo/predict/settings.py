@@ -45,6 +45,7 @@ class PredictionSettings:
     shard: tuple[int, int] | None = None
     output_format: str = "auto"  # see predict.dicom_output.OUTPUT_FORMATS
     push: bool = False  # store DICOM outputs back on the DICOMweb server of the input
+    backend: str = "eager"  # one of monai_unetzoo.backends.BACKEND_CHOICES
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
@@ -68,12 +69,13 @@ class PredictionSettings:
                 )
         else:
             tta_axes = None
+        backend, precision = self._backend_and_precision(bundle)
         return ResolvedSettings(
             device=str(self.resolved_device()),
             overlap=bundle.overlap if self.overlap is None else float(self.overlap),
             sw_batch_size=bundle.sw_batch_size if self.sw_batch_size is None else int(self.sw_batch_size),
             tta_axes=list(tta_axes) if tta_axes else None,
-            precision=bundle.precision if self.precision is None else self.precision,
+            precision=precision,
             postprocess=parse_postprocess(bundle.postprocess if self.postprocess is None else self.postprocess).describe(),
             threads=self.threads or available_cores(),
             roi_size=list(bundle.roi_size),
@@ -81,7 +83,36 @@ class PredictionSettings:
             activation=bundle.activation,
             threshold=bundle.threshold,
             output_format=self.output_format,
+            backend=backend,
         )
+
+    def _backend_and_precision(self, bundle: PredictionBundle) -> tuple[str, str]:
+        """The backend (``auto`` resolved) and the precision it runs; :class:`BundleConfigError` for a backend that
+        is not installed, cannot run this bundle (an ensemble, a window without a fixed size, a GPU for the CPU
+        runtimes) or this precision (onnxruntime computes fp32 only: an explicit bf16/fp16 is refused, the bundle's
+        ``auto`` becomes fp32)."""
+        from ..backends import backend_unavailable_reason, resolve_backend_name
+
+        precision = bundle.precision if self.precision is None else self.precision
+        problem = backend_unavailable_reason(self.backend)
+        if problem:
+            raise BundleConfigError(problem)
+        backend = resolve_backend_name(self.backend)
+        if backend == "eager":
+            return backend, precision
+        if len(bundle.members) > 1 or getattr(bundle.network, "returns_probabilities", False):
+            raise BundleConfigError(f"--backend {backend} runs one network; an ensemble of checkpoints "
+                                    f"({len(bundle.members)}) runs with --backend eager")
+        if any(int(r) <= 0 for r in bundle.roi_size):
+            raise BundleConfigError(f"--backend {backend} needs a fixed window; the bundle's roi_size is {bundle.roi_size}")
+        if backend in ("onnxruntime", "openvino") and self.resolved_device().type != "cpu":
+            raise BundleConfigError(f"--backend {backend} runs on the CPU; use --device cpu (or --backend compile)")
+        if backend == "onnxruntime" and precision in ("bf16", "fp16"):
+            raise BundleConfigError(f"--backend onnxruntime computes fp32 on the CPU, not --precision {precision}; "
+                                    "use --backend openvino or compile for bf16")
+        if backend == "onnxruntime":
+            precision = "fp32"
+        return backend, precision
 
 
 @dataclass(frozen=True)
@@ -100,6 +131,7 @@ class ResolvedSettings:
     activation: str
     threshold: float
     output_format: str = "auto"
+    backend: str = "eager"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,9 +146,35 @@ class ResolvedSettings:
             sw_batch_size=self.sw_batch_size,
             overlap=self.overlap,
             mode=self.blend_mode,
-            amp=None if self.precision == "fp32" else self.precision,
+            # other backends run their own dtype (weights cast once): no autocast around them
+            amp=None if self.precision == "fp32" or self.backend != "eager" else self.precision,
             tta_axes=tuple(self.tta_axes) if self.tta_axes else None,
             sw_device=device,
             device=device,
             activation=self.activation,
         )
+
+    def inference_dtype(self) -> torch.dtype | None:
+        """The dtype the network computes in on this device (None: float32), as the predictor's ``amp`` resolves it."""
+        from ..inference import resolve_autocast_dtype
+
+        return resolve_autocast_dtype(None if self.precision == "fp32" else self.precision, torch.device(self.device))
+
+    def make_window_network(self, bundle: PredictionBundle) -> Any:
+        """What the predictor runs per window batch: the bundle's network (``eager``) or its compiled/exported form
+        for ``backend`` (see :mod:`monai_unetzoo.backends`; compiles or exports now, or loads it from the cache).
+        Raises :class:`BundleConfigError` when that backend cannot take the network."""
+        from ..backends import build_window_network
+
+        try:
+            return build_window_network(
+                self.backend, bundle.network, window_shape=(bundle.in_channels, *self.roi_size),
+                batch=self.sw_batch_size, dtype=self.inference_dtype(), weights_sha256=bundle.checkpoint_sha256,
+                threads=self.threads,
+            )
+        except Exception as exc:  # an exporter/compiler that cannot take this network: say so, before any case
+            if self.backend == "eager":
+                raise
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise BundleConfigError(f"--backend {self.backend} could not prepare the bundle's network "
+                                    f"({type(exc).__name__}: {first}); --backend eager runs it") from exc

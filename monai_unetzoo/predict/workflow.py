@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from .. import __version__
+from ..backends import backend_unavailable_reason, unetzoo_cache_dir
 from .batch import EXIT_USAGE, run_batch_prediction
 from .bundle import BundleConfigError, PredictionBundle, load_prediction_bundle
 from .dicom_output import DicomOutputPipeline, discover_cases_for_output
@@ -42,6 +43,7 @@ def settings_from_arguments(args: argparse.Namespace) -> PredictionSettings:
         shard=args.shard,
         output_format=args.output_format,
         push=args.push,
+        backend=getattr(args, "backend", "eager"),
     )
 
 
@@ -66,7 +68,7 @@ def _header(bundle: PredictionBundle, resolved: ResolvedSettings) -> list[str]:
         *([f"  ensemble  mean probability of {len(bundle.members)} networks"] if len(bundle.members) > 1 else []),
         f"  device    {resolved.device} ({resolved.threads} thread(s)); window "
         f"{'x'.join(str(r) for r in resolved.roi_size)}, overlap {resolved.overlap}, TTA {tta}, precision "
-        f"{resolved.precision}, post-processing {resolved.postprocess}",
+        f"{resolved.precision}, post-processing {resolved.postprocess}, backend {resolved.backend}",
     ]
 
 
@@ -77,7 +79,7 @@ def run_predict_command(args: argparse.Namespace) -> int:
         out_dir = check_output_writable(args.output, create=not args.dry_run)
     except OSError as exc:
         return _usage_error(str(exc))
-    problem = _device_problem(args.device)
+    problem = _device_problem(args.device) or backend_unavailable_reason(getattr(args, "backend", "eager"))
     if problem:
         return _usage_error(problem)
     settings = settings_from_arguments(args)
@@ -113,7 +115,13 @@ def run_predict_command(args: argparse.Namespace) -> int:
     except (OutputFolderBusy, OSError) as exc:
         return _usage_error(str(exc))
     try:
-        pipeline = DicomOutputPipeline(bundle, resolved, push=args.push)
+        if resolved.backend != "eager":
+            info(f"  backend   {resolved.backend}: compiled/exported once per checkpoint, window and dtype, cached in "
+                 f"{unetzoo_cache_dir()}")
+        try:
+            pipeline = DicomOutputPipeline(bundle, resolved, push=args.push)
+        except BundleConfigError as exc:
+            return _usage_error(str(exc))
         extra = {"input_root": str(input_root), "inputs": [str(Path(p)) for p in args.input],
                  "checkpoint_arg": args.checkpoint}
         return run_batch_prediction(pipeline, cases, out_dir, settings, extra_provenance=extra,
