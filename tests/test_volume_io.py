@@ -64,7 +64,21 @@ def write_itk(path: Path, lab: np.ndarray, origin, spacing, direction) -> np.nda
 
 
 def write_dicom_series(folder: Path, lab: np.ndarray, origin, spacing, direction) -> np.ndarray:
-    """One file per k-slice, with the position/orientation tags GDCM sorts by; returns the RAS affine."""
+    """One file per k-slice, with the position/orientation tags GDCM sorts by; returns the RAS affine.
+
+    SimpleITK's GDCM writer switches the process to the C locale (ASCII); the caller's locale is restored, or
+    later code in the same test process (torch.compile's caches, ``subprocess`` text decoding) reads UTF-8 as ASCII.
+    """
+    import locale
+
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        return _write_dicom_series(folder, lab, origin, spacing, direction)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_dicom_series(folder: Path, lab: np.ndarray, origin, spacing, direction) -> np.ndarray:
     folder.mkdir(parents=True)
     vol = sitk.GetImageFromArray(lab.transpose().astype(np.int16))
     vol.SetOrigin(origin)
