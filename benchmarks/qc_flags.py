@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import shutil
 import sys
 from collections import Counter
 from pathlib import Path
+
+from _common import write_json  # benchmarks/ is on sys.path when a script here runs
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLE = REPO / "bundles" / "hippocampus"
@@ -120,9 +121,7 @@ def main(argv=None) -> dict:
         result[name] = flag_rates(dest / "summary.csv")
         print(f"{name:9s} {result[name]['flagged']:3d} / {result[name]['cases']:3d} flagged "
               f"({result[name]['fraction']:.1%})  by flag: {result[name]['by_flag']}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
+    write_json(args.json, result)
     return result
 
 

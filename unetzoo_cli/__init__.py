@@ -74,14 +74,19 @@ def _overlap(text: str) -> float:
     return v
 
 
-def _positive_int(text: str) -> int:
+def _checked_number(text: str, convert, valid, what: str):
+    """``convert(text)`` if it parses and ``valid`` accepts it, else an argparse error naming ``what`` was expected."""
     try:
-        v = int(text)
+        v = convert(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not valid(v):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {v}")
     return v
+
+
+def _positive_int(text: str) -> int:
+    return _checked_number(text, int, lambda v: v >= 1, "a positive integer")
 
 
 def _version() -> str:
@@ -174,13 +179,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 
 def _positive_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {v}")
-    return v
+    return _checked_number(text, float, lambda v: v > 0, "a positive number")
 
 
 _PLAN_EPILOG = """\
