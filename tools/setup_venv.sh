@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create ./.venv (or $UNETZOO_VENV) and install monai-unetzoo with its test extras.
+# Create ./.venv (or $UNETZOO_VENV) and install monai-unetzoo with its test extras (or $UNETZOO_EXTRAS, e.g.
+# UNETZOO_VENV=.venv-peers UNETZOO_EXTRAS=peers for the nnU-Net benchmarks of benchmarks/peers/).
 #
 # torch is installed first, so that pip never picks a build for us:
 #   * a local CPU wheel of torch 2.13.0 that pip's find-links already offer (these project machines) -> that one;
@@ -24,6 +25,10 @@ elif ! command -v nvidia-smi >/dev/null 2>&1; then
 else
     "${PIP[@]}" install torch
 fi
-# The installed torch satisfies the package's range, so this adds no second torch.
-"${PIP[@]}" install -e ".[test]"
+# Pin the torch just installed: an extra's dependency (nnunetv2 -> timm -> the newest torchvision) would otherwise
+# make pip replace it with the newest CUDA build.
+CONSTRAINTS=$(mktemp)
+"$VENV/bin/python" -c "import torch; print('torch==' + torch.__version__)" > "$CONSTRAINTS"
+"${PIP[@]}" install -c "$CONSTRAINTS" -e ".[${UNETZOO_EXTRAS:-test}]"
+rm -f "$CONSTRAINTS"
 "$VENV/bin/python" -c "import torch, monai, monai_unetzoo; print('monai-unetzoo', monai_unetzoo.__version__, '| torch', torch.__version__, '| monai', monai.__version__)"

@@ -1,0 +1,158 @@
+"""Shared helpers of the nnU-Net v2 side-by-side benchmarks (``benchmarks/peers/*.py``; not a library, not a test).
+
+* :func:`nnunet_environment` -- the ``nnUNet_raw`` / ``nnUNet_preprocessed`` / ``nnUNet_results`` folders under one
+  work folder, and ``nnUNet_extTrainer`` pointing at ``nnunet_trainers/`` (the budgeted trainer).
+* :func:`write_nnunet_raw_hippocampus` -- MSD Task04 in nnU-Net v2's raw layout, as symbolic links (the data never
+  leaves ``../shared/data``), and :func:`write_nnunet_splits` -- our fixed split as nnU-Net's fold 0.
+* :func:`score_label_files` -- the one Dice code both tools are scored with (MONAI ``DiceMetric`` per foreground
+  class on the label maps as written, a class absent from both maps skipped), so nothing depends on either tool's
+  own evaluator.
+* :func:`timed_run` -- a command run to completion with its wall time and its child's peak RSS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+PEERS = Path(__file__).resolve().parent
+REPO = PEERS.parents[1]
+SHARED_DATA = Path(os.environ.get("UNETZOO_DATA_DIR", REPO.parent / "shared" / "data"))
+NNUNET_CLI = PEERS / "nnunet_cli.py"  # nnUNetv2_train / nnUNetv2_predict (see its docstring for why not the scripts)
+HIPPOCAMPUS_ID = 4
+HIPPOCAMPUS_NAME = "Dataset004_Hippocampus"
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+
+def nnunet_environment(workdir: Path, results: str = "nnUNet_results") -> dict[str, str]:
+    """Environment for nnU-Net's commands: its three folders under ``workdir`` and our trainer folder."""
+    env = dict(os.environ)
+    env.update({
+        "nnUNet_raw": str(workdir / "nnUNet_raw"),
+        "nnUNet_preprocessed": str(workdir / "nnUNet_preprocessed"),
+        "nnUNet_results": str(workdir / results),
+        "nnUNet_extTrainer": str(PEERS / "nnunet_trainers"),
+    })
+    return env
+
+
+def bin_path(name: str) -> str:
+    """A console script of the running interpreter's environment (``nnUNetv2_train``, ``unetzoo``)."""
+    return str(Path(sys.executable).parent / name)
+
+
+def hippocampus_split(dataset_dir: Path) -> tuple[list[dict], list[dict]]:
+    """Our bundle's fixed split (fold 0 of 5, 166 / 42 cases): ``(train, val)`` datalists."""
+    from monai_unetzoo.data.msd import msd_datalists
+
+    lists = msd_datalists(dataset_dir)
+    return lists["training"], lists["validation"]
+
+
+def _link(src: str | Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.is_symlink() or dst.exists():
+        dst.unlink()
+    dst.symlink_to(Path(src).resolve())
+
+
+def write_nnunet_raw_hippocampus(dataset_dir: Path, workdir: Path) -> Path:
+    """Every labelled Task04 case in nnU-Net's raw layout (``imagesTr/<id>_0000.nii.gz``, ``labelsTr/<id>.nii.gz``,
+    a v2 ``dataset.json``), as links to ``dataset_dir``. Returns the raw dataset folder."""
+    from monai_unetzoo.data.msd import build_msd_datalist
+
+    raw = workdir / "nnUNet_raw" / HIPPOCAMPUS_NAME
+    cases = build_msd_datalist(dataset_dir, "training")
+    for case in cases:
+        _link(case["image"], raw / "imagesTr" / f"{case['case_id']}_0000.nii.gz")
+        _link(case["label"], raw / "labelsTr" / f"{case['case_id']}.nii.gz")
+    source = json.loads((dataset_dir / "dataset.json").read_text())
+    labels = {name: int(value) for value, name in source["labels"].items()}
+    dataset_json = {"channel_names": {"0": "MRI"}, "labels": labels, "numTraining": len(cases),
+                    "file_ending": ".nii.gz", "name": "Hippocampus (MSD Task04, open cases)"}
+    (raw / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
+    return raw
+
+
+def write_nnunet_splits(workdir: Path, train: Sequence[dict], val: Sequence[dict]) -> Path:
+    """Our split as nnU-Net's ``splits_final.json`` (fold 0 only), so both tools train and validate the same cases."""
+    path = workdir / "nnUNet_preprocessed" / HIPPOCAMPUS_NAME / "splits_final.json"
+    path.write_text(json.dumps([{"train": [d["case_id"] for d in train], "val": [d["case_id"] for d in val]}], indent=2))
+    return path
+
+
+def link_inputs(cases: Sequence[dict], folder: Path, suffix: str = ".nii.gz") -> Path:
+    """Links to the cases' images in ``folder`` as ``<case_id><suffix>`` (nnU-Net wants ``_0000.nii.gz``)."""
+    for case in cases:
+        _link(case["image"], folder / f"{case['case_id']}{suffix}")
+    return folder
+
+
+def score_label_files(pairs: Sequence[tuple[Path, Path]], num_classes: int) -> dict:
+    """Dice per foreground class of predicted vs reference label files (same grid required), mean over cases.
+
+    ``pairs``: ``(prediction, reference)`` paths. Returns ``{"per_class": [...], "mean": float, "cases": n}``; a class
+    absent from both maps of a case (MONAI's NaN) does not count for that case.
+    """
+    import nibabel as nib
+    import torch
+    from monai.metrics import DiceMetric
+    from monai.networks.utils import one_hot
+
+    metric = DiceMetric(include_background=False, reduction="none", ignore_empty=True)
+    rows = []
+    for pred_path, ref_path in pairs:
+        pred = np.asarray(nib.load(str(pred_path)).dataobj).astype(np.int64)
+        ref = np.asarray(nib.load(str(ref_path)).dataobj).astype(np.int64)
+        if pred.shape != ref.shape:
+            raise ValueError(f"{pred_path}: shape {pred.shape} differs from the reference {ref_path} {ref.shape}")
+        p = one_hot(torch.from_numpy(pred)[None, None], num_classes)
+        r = one_hot(torch.from_numpy(ref)[None, None], num_classes)
+        rows.append(metric(p, r)[0].numpy())
+    table = np.stack(rows)
+    per_class = np.nanmean(table, axis=0)
+    return {"per_class": [round(float(v), 4) for v in per_class], "mean": round(float(np.mean(per_class)), 4),
+            "cases": len(rows)}
+
+
+def timed_run(cmd: Sequence[str], env: Mapping[str, str] | None = None, log: Path | None = None) -> dict:
+    """Run ``cmd`` to completion (output to ``log``); ``{"seconds", "peak_rss_gib"}`` of it. Raises on failure."""
+    print("+", " ".join(shlex.quote(str(c)) for c in cmd), flush=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    with open(log or os.devnull, "w") as out:
+        proc = subprocess.run([str(c) for c in cmd], env=dict(env) if env else None, stdout=out,
+                              stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        tail = Path(log).read_text(errors="replace")[-3000:] if log else ""
+        raise RuntimeError(f"command failed with exit status {proc.returncode}: {cmd}\n{tail}")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # max over all children so far (KiB)
+    return {"seconds": round(seconds, 1), "peak_rss_gib": round(peak / 2**20, 2) if peak > before else None}
+
+
+def machine_line() -> str:
+    """CPU model, the flags that decide the bf16 path, cores and load: printed with every table."""
+    from _common import cpu_name
+
+    flags = set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    shown = [f for f in ("avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni", "avx2") if f in flags]
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ()
+    return (f"{cpu_name()} | flags: {' '.join(shown) or 'none of avx512_bf16/amx'} | {os.cpu_count()} CPUs | "
+            f"load {', '.join(f'{x:.1f}' for x in load)}")
