@@ -14,8 +14,11 @@ network was trained on):
   anything there.
 
 Each configuration runs in its own process (``--worker``), so its peak RSS is its own: nnU-Net with its defaults
-(mirroring over all three axes, fp32 on CPU) and with mirroring off; ours in fp32 and in its default precision on
-this CPU (``auto``: bf16 where the CPU has native bf16), with TTA over the same three axes and with none. Ours gets
+(fp32 on CPU, mirroring on) and with mirroring off; ours in fp32 and in its default precision on this CPU (``auto``:
+bf16 where the CPU has native bf16), with TTA and without. Mirroring, for both, is over the axes the network was
+trained to be mirrored over (the bundle's ``mirror_axes``: left-right only; nnU-Net's all-axes default would swap
+anterior and posterior for this network, and the two tools then disagree, 0.54 Dice, because they average the
+contradicting passes differently: logits in nnU-Net, probabilities in ours). Ours gets
 the network as the bundles and the CLI prepare it (channels-last weights) and its default of 4 windows per network
 call (nnU-Net predicts one window at a time). Seconds per case exclude reading and preprocessing (identical for
 everyone); label maps are compared by Dice per foreground class against nnU-Net's map of the same mirroring setting.
@@ -66,19 +69,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--workdir", type=Path, default=Path("/tmp/unetzoo_peers_same_weights"))
+    p.add_argument("--summary_only", action="store_true",
+                   help="only tabulate the results already in --workdir (e.g. after rerunning some --configs)")
     p.add_argument("--worker", choices=list(CONFIGS), help=argparse.SUPPRESS)
     p.add_argument("--json", default=None)
     return p.parse_args(argv)
 
 
-def load_network(checkpoint: Path):
-    """Our hippocampus bundle's network with ``checkpoint`` loaded (eval mode, channels-last, as the CLI has it)."""
+def load_bundle(checkpoint: Path):
+    """Our hippocampus bundle with ``checkpoint`` loaded: ``.network`` in eval mode and channels-last, as the CLI has
+    it; ``.mirror_axes`` the axes it was trained to be mirrored over (left-right only)."""
     from monai_unetzoo.predict.bundle import load_prediction_bundle
 
-    return load_prediction_bundle(_peers.REPO / "bundles" / "hippocampus", checkpoint).network
+    return load_prediction_bundle(_peers.REPO / "bundles" / "hippocampus", checkpoint)
 
 
-def nnunet_predictor(network, plans: Path, mirroring: bool):
+def nnunet_predictor(network, plans: Path, mirroring: bool, mirror_axes: tuple[int, ...]):
     """``nnUNetPredictor`` (its defaults on CPU) running ``network`` through ``manual_initialization``."""
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -88,8 +94,7 @@ def nnunet_predictor(network, plans: Path, mirroring: bool):
     predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=mirroring,
                                 perform_everything_on_device=False, device=torch.device("cpu"), allow_tqdm=False)
     predictor.manual_initialization(network, plans_manager, plans_manager.get_configuration("3d_fullres"), None,
-                                    json.loads((plans / "dataset.json").read_text()), "nnUNetTrainer",
-                                    (0, 1, 2))  # nnUNetTrainer's inference_allowed_mirroring_axes for 3D
+                                    json.loads((plans / "dataset.json").read_text()), "nnUNetTrainer", mirror_axes)
     return predictor
 
 
@@ -125,10 +130,11 @@ def run_worker(args) -> None:
 
     torch.set_num_threads(args.threads)
     tool, mirroring, precision = CONFIGS[args.worker]
-    network = load_network(args.checkpoint)
+    bundle = load_bundle(args.checkpoint)
+    network = bundle.network
     if not args.worker.startswith("ours"):  # nnU-Net feeds contiguous windows: give it contiguous weights too
         network = network.to(memory_format=torch.contiguous_format)
-    predictor = nnunet_predictor(network, args.plans, mirroring)
+    predictor = nnunet_predictor(network, args.plans, mirroring, tuple(bundle.mirror_axes))
     axes = tuple(predictor.allowed_mirroring_axes)
     patch = tuple(predictor.configuration_manager.patch_size)
     if args.worker.startswith("ours"):
@@ -197,8 +203,11 @@ def main(argv=None) -> dict:
         return run_worker(args)
     machine = _peers.machine_line()
     print(machine, flush=True)
-    items = preprocess_inputs(args)
-    for config in args.configs:
+    if args.summary_only:
+        items = json.loads((args.workdir / "inputs.json").read_text())
+    else:
+        items = preprocess_inputs(args)
+    for config in ([] if args.summary_only else args.configs):
         cmd = [sys.executable, __file__, "--worker", config, "--checkpoint", str(args.checkpoint), "--plans",
                str(args.plans), "--threads", str(args.threads), "--workdir", str(args.workdir)]
         print("+", config, flush=True)
