@@ -7,14 +7,13 @@
 * :func:`score_label_files` -- the one Dice code both tools are scored with (MONAI ``DiceMetric`` per foreground
   class on the label maps as written, a class absent from both maps skipped), so nothing depends on either tool's
   own evaluator.
-* :func:`timed_run` -- a command run to completion with its wall time and its child's peak RSS.
+* :func:`timed_run` -- a command run to completion, with its wall time.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import resource
 import shlex
 import subprocess
 import sys
@@ -125,9 +124,9 @@ def score_label_files(pairs: Sequence[tuple[Path, Path]], num_classes: int) -> d
 
 
 def timed_run(cmd: Sequence[str], env: Mapping[str, str] | None = None, log: Path | None = None) -> dict:
-    """Run ``cmd`` to completion (output to ``log``); ``{"seconds", "peak_rss_gib"}`` of it. Raises on failure."""
+    """Run ``cmd`` to completion (output to ``log``); ``{"seconds": wall time}``. Raises on failure, with the log's
+    tail."""
     print("+", " ".join(shlex.quote(str(c)) for c in cmd), flush=True)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
     with open(log or os.devnull, "w") as out:
         proc = subprocess.run([str(c) for c in cmd], env=dict(env) if env else None, stdout=out,
@@ -136,8 +135,7 @@ def timed_run(cmd: Sequence[str], env: Mapping[str, str] | None = None, log: Pat
     if proc.returncode != 0:
         tail = Path(log).read_text(errors="replace")[-3000:] if log else ""
         raise RuntimeError(f"command failed with exit status {proc.returncode}: {cmd}\n{tail}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # max over all children so far (KiB)
-    return {"seconds": round(seconds, 1), "peak_rss_gib": round(peak / 2**20, 2) if peak > before else None}
+    return {"seconds": round(seconds, 1)}
 
 
 def machine_line() -> str:

@@ -17,8 +17,7 @@ Each configuration runs in its own process (``--worker``), so its peak RSS is it
 (fp32 on CPU, mirroring on) and with mirroring off; ours in fp32 and in its default precision on this CPU (``auto``:
 bf16 where the CPU has native bf16), with TTA and without. Mirroring, for both, is over the axes the network was
 trained to be mirrored over (the bundle's ``mirror_axes``: left-right only; nnU-Net's all-axes default would swap
-anterior and posterior for this network, and the two tools then disagree, 0.54 Dice, because they average the
-contradicting passes differently: logits in nnU-Net, probabilities in ours). Ours gets
+anterior and posterior for this network, and the two tools then agree at only 0.54 Dice on these cases). Ours gets
 the network as the bundles and the CLI prepare it (channels-last weights) and its default of 4 windows per network
 call (nnU-Net predicts one window at a time). Seconds per case exclude reading and preprocessing (identical for
 everyone); label maps are compared by Dice per foreground class against nnU-Net's map of the same mirroring setting.
@@ -102,10 +101,9 @@ def preprocess_inputs(args) -> list[dict]:
     """``[{"name", "array"}]``: the validation cases through the bundle's preprocessing, and example_ct z-scored;
     each saved as a (1, x, y, z) float32 ``.npy``."""
     import nibabel as nib
-    from monai_unetzoo.predict.bundle import load_prediction_bundle
     from monai_unetzoo.volume_io import load_scan
 
-    bundle = load_prediction_bundle(_peers.REPO / "bundles" / "hippocampus", args.checkpoint)
+    bundle = load_bundle(args.checkpoint)
     _, val = _peers.hippocampus_split(args.dataset_dir)
     out = args.workdir / "inputs"
     out.mkdir(parents=True, exist_ok=True)
