@@ -105,8 +105,9 @@ def run_ours(args, minutes: float, val) -> dict:
     pairs = [(_predicted_file(pred_dir, d["case_id"]), Path(d["label"])) for d in val]
     dice = _peers.score_label_files(pairs, 3)
     return {"tool": "monai-unetzoo hippocampus", "minutes": minutes, "iterations": trained["iterations"],
-            "batch": _bundle_batch_size(), "preprocess_s": trained["caching_seconds"], "train_s": round(trained["train_minutes_incl_caching"] * 60, 1),
-            "train_process_s": train["seconds"], "dice": dice, "bundle_evaluator_mean_dice_tta": trained["mean_dice_tta"],
+            "batch": _bundle_batch_size(), "preprocess_s": trained["caching_seconds"],
+            "train_s": round(trained["train_minutes_incl_caching"] * 60, 1), "train_process_s": train["seconds"],
+            "dice": dice, "bundle_evaluator_mean_dice_tta": trained["mean_dice_tta"],
             "infer_s_per_case": round(pred["seconds"] / len(val), 2), "infer_total_s": pred["seconds"]}
 
 
