@@ -1,7 +1,7 @@
 """Shared helpers of the nnU-Net v2 side-by-side benchmarks (``benchmarks/peers/*.py``; not a library, not a test).
 
 * :func:`nnunet_environment` -- the ``nnUNet_raw`` / ``nnUNet_preprocessed`` / ``nnUNet_results`` folders under one
-  work folder, and ``nnUNet_extTrainer`` pointing at ``nnunet_trainers/`` (the budgeted trainer).
+  work folder (the budgeted trainer is found by ``nnunet_cli.py``, not through ``nnUNet_extTrainer``).
 * :func:`write_nnunet_raw_hippocampus` -- MSD Task04 in nnU-Net v2's raw layout, as symbolic links (the data never
   leaves ``../shared/data``), and :func:`write_nnunet_splits` -- our fixed split as nnU-Net's fold 0.
 * :func:`score_label_files` -- the one Dice code both tools are scored with (MONAI ``DiceMetric`` per foreground
@@ -33,13 +33,12 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 def nnunet_environment(workdir: Path, results: str = "nnUNet_results") -> dict[str, str]:
-    """Environment for nnU-Net's commands: its three folders under ``workdir`` and our trainer folder."""
+    """Environment for nnU-Net's commands: its three folders under ``workdir``."""
     env = dict(os.environ)
     env.update({
         "nnUNet_raw": str(workdir / "nnUNet_raw"),
         "nnUNet_preprocessed": str(workdir / "nnUNet_preprocessed"),
         "nnUNet_results": str(workdir / results),
-        "nnUNet_extTrainer": str(PEERS / "nnunet_trainers"),
     })
     return env
 
@@ -140,17 +139,7 @@ def timed_run(cmd: Sequence[str], env: Mapping[str, str] | None = None, log: Pat
 
 def machine_line() -> str:
     """CPU model, the flags that decide the bf16 path, cores and load: printed with every table."""
-    from _common import cpu_name
+    from backends import cpu_flags  # benchmarks/backends.py: model + AVX-512 / AMX flags
 
-    flags = set()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    shown = [f for f in ("avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni", "avx2") if f in flags]
     load = os.getloadavg() if hasattr(os, "getloadavg") else ()
-    return (f"{cpu_name()} | flags: {' '.join(shown) or 'none of avx512_bf16/amx'} | {os.cpu_count()} CPUs | "
-            f"load {', '.join(f'{x:.1f}' for x in load)}")
+    return f"{cpu_flags()} | {os.cpu_count()} CPUs | load {', '.join(f'{x:.1f}' for x in load)}"

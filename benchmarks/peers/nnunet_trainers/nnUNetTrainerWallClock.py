@@ -1,7 +1,7 @@
 """nnU-Net v2's default trainer with a wall-clock budget: the peer of ``benchmarks/hippocampus.py`` (benchmark only).
 
-nnU-Net finds this class by name through ``nnUNet_extTrainer`` (set to this folder by ``benchmarks/peers/``), so the
-official commands run it: ``nnUNetv2_train 4 3d_fullres 0 -tr nnUNetTrainerWallClock -device cpu``. Everything of
+nnU-Net's own training and prediction entry points run it by name through ``benchmarks/peers/nnunet_cli.py``
+(``nnunet_cli.py train 4 3d_fullres 0 -tr nnUNetTrainerWallClock -device cpu``). Everything of
 ``nnUNetTrainer`` is kept (plans, network, deep supervision, Dice+CE loss, SGD with Nesterov momentum 0.99, lr 1e-2,
 data augmentation, 250 training + 50 pseudo-Dice validation iterations per epoch, its data-augmentation workers)
 except three things, each needed to give both tools the same budget:
