@@ -4,9 +4,10 @@
   work folder (the budgeted trainer is found by ``nnunet_cli.py``, not through ``nnUNet_extTrainer``).
 * :func:`write_nnunet_raw_hippocampus` -- MSD Task04 in nnU-Net v2's raw layout, as symbolic links (the data never
   leaves ``../shared/data``), and :func:`write_nnunet_splits` -- our fixed split as nnU-Net's fold 0.
+* :func:`write_nnunet_raw_drive` -- DRIVE converted to nnU-Net's 2D PNG layout (FOV outside = its ignore label).
 * :func:`score_label_files` -- the one Dice code both tools are scored with (MONAI ``DiceMetric`` per foreground
   class on the label maps as written, a class absent from both maps skipped), so nothing depends on either tool's
-  own evaluator.
+  own evaluator; :func:`score_fov_files` -- DRIVE's FOV-masked vessel Dice (our bundle's metric) for both.
 * :func:`timed_run` -- a command run to completion, with its wall time.
 """
 
@@ -29,6 +30,8 @@ SHARED_DATA = Path(os.environ.get("UNETZOO_DATA_DIR", REPO.parent / "shared" / "
 NNUNET_CLI = PEERS / "nnunet_cli.py"  # nnUNetv2_train / nnUNetv2_predict (see its docstring for why not the scripts)
 HIPPOCAMPUS_ID = 4
 HIPPOCAMPUS_NAME = "Dataset004_Hippocampus"
+DRIVE_ID = 501  # outside the MSD task numbers nnU-Net's own conversion scripts use
+DRIVE_NAME = "Dataset501_DRIVE"
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 
@@ -56,7 +59,8 @@ def hippocampus_split(dataset_dir: Path) -> tuple[list[dict], list[dict]]:
     return lists["training"], lists["validation"]
 
 
-def _link(src: str | Path, dst: Path) -> None:
+def link_file(src: str | Path, dst: Path) -> None:
+    """``dst`` -> ``src`` as a symbolic link (replacing an old one), folders created."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.is_symlink() or dst.exists():
         dst.unlink()
@@ -71,8 +75,8 @@ def write_nnunet_raw_hippocampus(dataset_dir: Path, workdir: Path) -> Path:
     raw = workdir / "nnUNet_raw" / HIPPOCAMPUS_NAME
     cases = build_msd_datalist(dataset_dir, "training")
     for case in cases:
-        _link(case["image"], raw / "imagesTr" / f"{case['case_id']}_0000.nii.gz")
-        _link(case["label"], raw / "labelsTr" / f"{case['case_id']}.nii.gz")
+        link_file(case["image"], raw / "imagesTr" / f"{case['case_id']}_0000.nii.gz")
+        link_file(case["label"], raw / "labelsTr" / f"{case['case_id']}.nii.gz")
     source = json.loads((dataset_dir / "dataset.json").read_text())
     labels = {name: int(value) for value, name in source["labels"].items()}
     dataset_json = {"channel_names": {"0": "MRI"}, "labels": labels, "numTraining": len(cases),
@@ -81,9 +85,10 @@ def write_nnunet_raw_hippocampus(dataset_dir: Path, workdir: Path) -> Path:
     return raw
 
 
-def write_nnunet_splits(workdir: Path, train: Sequence[dict], val: Sequence[dict]) -> Path:
+def write_nnunet_splits(workdir: Path, train: Sequence[dict], val: Sequence[dict],
+                        dataset_name: str = HIPPOCAMPUS_NAME) -> Path:
     """Our split as nnU-Net's ``splits_final.json`` (fold 0 only), so both tools train and validate the same cases."""
-    path = workdir / "nnUNet_preprocessed" / HIPPOCAMPUS_NAME / "splits_final.json"
+    path = workdir / "nnUNet_preprocessed" / dataset_name / "splits_final.json"
     path.write_text(json.dumps([{"train": [d["case_id"] for d in train], "val": [d["case_id"] for d in val]}], indent=2))
     return path
 
@@ -91,8 +96,16 @@ def write_nnunet_splits(workdir: Path, train: Sequence[dict], val: Sequence[dict
 def link_inputs(cases: Sequence[dict], folder: Path, suffix: str = ".nii.gz") -> Path:
     """Links to the cases' images in ``folder`` as ``<case_id><suffix>`` (nnU-Net wants ``_0000.nii.gz``)."""
     for case in cases:
-        _link(case["image"], folder / f"{case['case_id']}{suffix}")
+        link_file(case["image"], folder / f"{case['case_id']}{suffix}")
     return folder
+
+
+def predicted_file(folder: Path, case_id: str, suffix: str = ".nii.gz") -> Path:
+    """The one label map ``unetzoo predict`` wrote for ``case_id`` under ``folder``."""
+    found = sorted(folder.rglob(f"{case_id}_seg{suffix}"))  # unetzoo predict writes <input stem>_seg<suffix>
+    if len(found) != 1:
+        raise FileNotFoundError(f"{folder}: expected one label map for {case_id}, found {[p.name for p in found]}")
+    return found[0]
 
 
 def score_label_files(pairs: Sequence[tuple[Path, Path]], num_classes: int) -> dict:
@@ -120,6 +133,61 @@ def score_label_files(pairs: Sequence[tuple[Path, Path]], num_classes: int) -> d
     per_class = np.nanmean(table, axis=0)
     return {"per_class": [round(float(v), 4) for v in per_class], "mean": round(float(np.mean(per_class)), 4),
             "cases": len(rows)}
+
+
+def write_nnunet_raw_drive(dataset_dir: Path, workdir: Path) -> Path:
+    """DRIVE's 20 training images in nnU-Net's raw 2D layout; returns the raw dataset folder.
+
+    Converted, not linked: nnU-Net's natural-image reader takes PNG/BMP/TIF but not DRIVE's GIF annotations and FOV
+    masks. ``imagesTr/<id>_0000.png`` is the RGB photograph (three channels from one file, as nnU-Net reads RGB);
+    ``labelsTr/<id>.png`` is 0 background and 1 vessel inside the field of view, 2 outside it -- nnU-Net v2's
+    ``ignore`` label (no loss there), which is what our bundle does with the FOV mask. The files go to ``workdir``
+    (outside the repository), never next to the data.
+    """
+    from PIL import Image
+
+    from monai_unetzoo.data.drive import build_drive_datalist
+
+    raw = workdir / "nnUNet_raw" / DRIVE_NAME
+    (raw / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (raw / "labelsTr").mkdir(parents=True, exist_ok=True)
+    cases = build_drive_datalist(dataset_dir, "training")
+    for case in cases:
+        Image.open(case["image"]).convert("RGB").save(raw / "imagesTr" / f"{case['case_id']}_0000.png")
+        vessel = np.asarray(Image.open(case["label"]).convert("L")) > 127
+        fov = np.asarray(Image.open(case["roi"]).convert("L")) > 127
+        label = np.where(fov, vessel.astype(np.uint8), np.uint8(2))
+        Image.fromarray(label).save(raw / "labelsTr" / f"{case['case_id']}.png")
+    dataset_json = {"channel_names": {"0": "R", "1": "G", "2": "B"},
+                    "labels": {"background": 0, "vessel": 1, "ignore": 2}, "numTraining": len(cases),
+                    "file_ending": ".png", "name": "DRIVE training images (FOV outside = ignore)"}
+    (raw / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
+    return raw
+
+
+def score_fov_files(triples: Sequence[tuple[Path, Path, Path]]) -> dict:
+    """Vessel Dice inside the field of view of predicted vs reference 2D masks, per image and their mean.
+
+    ``triples``: ``(prediction, reference, fov)`` image files (any value > 0 of a prediction is vessel: ours are
+    0/255, nnU-Net's 0/1; reference and FOV > 127). The Dice is our bundle's validation metric,
+    :func:`monai_unetzoo.metrics.compute_roi_metrics`, so both tools are scored by one code.
+    """
+    import torch
+    from PIL import Image
+
+    from monai_unetzoo.metrics import compute_roi_metrics
+
+    per_image = []
+    for pred_path, ref_path, fov_path in triples:
+        pred = np.asarray(Image.open(pred_path).convert("L")) > 0
+        ref = np.asarray(Image.open(ref_path).convert("L")) > 127
+        fov = np.asarray(Image.open(fov_path).convert("L")) > 127
+        if pred.shape != ref.shape:
+            raise ValueError(f"{pred_path}: shape {pred.shape} differs from the reference {ref_path} {ref.shape}")
+        as_batch = [torch.from_numpy(a)[None, None].float() for a in (pred, ref, fov)]
+        per_image.append(float(compute_roi_metrics(*as_batch)["dice"][0, 0]))
+    return {"per_image": [round(d, 4) for d in per_image], "mean": round(float(np.mean(per_image)), 4),
+            "cases": len(per_image)}
 
 
 def timed_run(cmd: Sequence[str], env: Mapping[str, str] | None = None, log: Path | None = None) -> dict:

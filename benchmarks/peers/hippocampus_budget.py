@@ -102,7 +102,7 @@ def run_ours(args, minutes: float, val) -> dict:
                              "--checkpoint", out / "model_benchmark.pt", "--input", images, "--output", pred_dir,
                              "--threads", str(args.threads), "--no-preview", "--quiet"], None,
                             args.workdir / f"ours_predict_{minutes:g}min.log")
-    pairs = [(_predicted_file(pred_dir, d["case_id"]), Path(d["label"])) for d in val]
+    pairs = [(_peers.predicted_file(pred_dir, d["case_id"]), Path(d["label"])) for d in val]
     dice = _peers.score_label_files(pairs, 3)
     return {"tool": "monai-unetzoo hippocampus", "minutes": minutes, "iterations": trained["iterations"],
             "batch": _bundle_batch_size(), "preprocess_s": trained["caching_seconds"],
@@ -113,13 +113,6 @@ def run_ours(args, minutes: float, val) -> dict:
 
 def _bundle_batch_size() -> int:
     return int(json.loads((_peers.REPO / "bundles" / "hippocampus" / "train.json").read_text())["batch_size"])
-
-
-def _predicted_file(folder: Path, case_id: str) -> Path:
-    found = sorted(folder.rglob(f"{case_id}_seg.nii.gz"))  # unetzoo predict writes <input stem>_seg<suffix>
-    if len(found) != 1:
-        raise FileNotFoundError(f"{folder}: expected one label map for {case_id}, found {[p.name for p in found]}")
-    return found[0]
 
 
 def main(argv=None) -> dict:
