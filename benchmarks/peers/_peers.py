@@ -8,6 +8,7 @@
 * :func:`score_label_files` -- the one Dice code both tools are scored with (MONAI ``DiceMetric`` per foreground
   class on the label maps as written, a class absent from both maps skipped), so nothing depends on either tool's
   own evaluator; :func:`score_fov_files` -- DRIVE's FOV-masked vessel Dice (our bundle's metric) for both.
+* :class:`NnunetRun` -- nnU-Net's plan/preprocess, train and predict commands for one data set and budget.
 * :func:`timed_run` -- a command run to completion, with its wall time.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -203,6 +205,52 @@ def timed_run(cmd: Sequence[str], env: Mapping[str, str] | None = None, log: Pat
         tail = Path(log).read_text(errors="replace")[-3000:] if log else ""
         raise RuntimeError(f"command failed with exit status {proc.returncode}: {cmd}\n{tail}")
     return {"seconds": round(seconds, 1)}
+
+
+class NnunetRun:
+    """nnU-Net v2's own commands on one data set in ``workdir`` (used by ``hippocampus_budget.py`` and
+    ``drive_budget.py``): ``plan_and_preprocess`` once (timed; reused when ``preprocessing.json`` exists), our split
+    as fold 0, then per budget ``train`` with ``nnUNetTrainerWallClock`` and ``predict`` with its defaults."""
+
+    def __init__(self, workdir: Path, dataset_id: int, dataset_name: str, configuration: str):
+        self.workdir, self.dataset_id, self.dataset_name, self.configuration = (workdir, dataset_id, dataset_name,
+                                                                                configuration)
+
+    def prepare(self, train: Sequence[dict], val: Sequence[dict]) -> dict:
+        """Preprocessing record: ``{"seconds", "patch_size", "batch_size"}`` (the raw data must be written first)."""
+        marker = self.workdir / "preprocessing.json"
+        if marker.is_file():
+            record = json.loads(marker.read_text())
+        else:
+            shutil.rmtree(self.workdir / "nnUNet_preprocessed", ignore_errors=True)
+            record = timed_run([bin_path("nnUNetv2_plan_and_preprocess"), "-d", str(self.dataset_id), "-c",
+                                self.configuration, "--verify_dataset_integrity"], nnunet_environment(self.workdir),
+                               self.workdir / "plan_and_preprocess.log")
+            marker.write_text(json.dumps(record))
+        write_nnunet_splits(self.workdir, train, val, self.dataset_name)
+        plans = self.workdir / "nnUNet_preprocessed" / self.dataset_name / "nnUNetPlans.json"
+        conf = json.loads(plans.read_text())["configurations"][self.configuration]
+        record.update(patch_size=conf["patch_size"], batch_size=conf["batch_size"])
+        return record
+
+    def train_and_predict(self, minutes: float, images: Path, preprocessing: dict) -> dict:
+        """Train for ``minutes`` minus the preprocessing, predict ``images``; ``{"budget", "train_s", "predict_s",
+        "predictions"}`` (``budget``: the trainer's ``benchmark_budget.json``)."""
+        results = f"nnUNet_results_{minutes:g}min"
+        env = nnunet_environment(self.workdir, results)
+        env["UNETZOO_PEER_BUDGET_SECONDS"] = str(max(60.0, minutes * 60 - preprocessing["seconds"]))
+        shutil.rmtree(self.workdir / results, ignore_errors=True)
+        common = ["-tr", "nnUNetTrainerWallClock", "-device", "cpu"]
+        train = timed_run([sys.executable, NNUNET_CLI, "train", str(self.dataset_id), self.configuration, "0", *common],
+                          env, self.workdir / f"nnunet_train_{minutes:g}min.log")
+        model = self.workdir / results / self.dataset_name / f"nnUNetTrainerWallClock__nnUNetPlans__{self.configuration}"
+        out = self.workdir / f"nnunet_pred_{minutes:g}min"
+        shutil.rmtree(out, ignore_errors=True)
+        pred = timed_run([sys.executable, NNUNET_CLI, "predict", "-i", images, "-o", out, "-d", str(self.dataset_id),
+                          "-c", self.configuration, "-f", "0", "-chk", "checkpoint_final.pth", *common], env,
+                         self.workdir / f"nnunet_predict_{minutes:g}min.log")
+        return {"budget": json.loads((model / "fold_0" / "benchmark_budget.json").read_text()),
+                "train_s": train["seconds"], "predict_s": pred["seconds"], "predictions": out}
 
 
 def machine_line() -> str:

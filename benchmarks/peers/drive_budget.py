@@ -56,51 +56,28 @@ def drive_split(dataset_dir: Path) -> tuple[list[dict], list[dict]]:
     return lists["training"], lists["validation"]
 
 
+def nnunet_run(args) -> _peers.NnunetRun:
+    return _peers.NnunetRun(args.workdir, _peers.DRIVE_ID, _peers.DRIVE_NAME, "2d")
+
+
 def prepare_nnunet(args, train, val) -> dict:
-    env = _peers.nnunet_environment(args.workdir)
     _peers.write_nnunet_raw_drive(args.dataset_dir, args.workdir)
-    marker = args.workdir / "preprocessing.json"
-    if marker.is_file():
-        record = json.loads(marker.read_text())
-    else:
-        shutil.rmtree(args.workdir / "nnUNet_preprocessed", ignore_errors=True)
-        record = _peers.timed_run([_peers.bin_path("nnUNetv2_plan_and_preprocess"), "-d", str(_peers.DRIVE_ID),
-                                   "-c", "2d", "--verify_dataset_integrity"], env,
-                                  args.workdir / "plan_and_preprocess.log")
-        marker.write_text(json.dumps(record))
-    _peers.write_nnunet_splits(args.workdir, train, val, _peers.DRIVE_NAME)
-    plans = json.loads((args.workdir / "nnUNet_preprocessed" / _peers.DRIVE_NAME / "nnUNetPlans.json").read_text())
-    conf = plans["configurations"]["2d"]
-    record.update(patch_size=conf["patch_size"], batch_size=conf["batch_size"])
-    return record
+    return nnunet_run(args).prepare(train, val)
 
 
 def run_nnunet(args, minutes: float, val, preprocessing: dict) -> dict:
-    results = f"nnUNet_results_{minutes:g}min"
-    env = _peers.nnunet_environment(args.workdir, results)
-    env["UNETZOO_PEER_BUDGET_SECONDS"] = str(max(60.0, minutes * 60 - preprocessing["seconds"]))
-    shutil.rmtree(args.workdir / results, ignore_errors=True)
-    train = _peers.timed_run([sys.executable, _peers.NNUNET_CLI, "train", str(_peers.DRIVE_ID), "2d", "0",
-                              "-tr", "nnUNetTrainerWallClock", "-device", "cpu"], env,
-                             args.workdir / f"nnunet_train_{minutes:g}min.log")
-    model = args.workdir / results / _peers.DRIVE_NAME / "nnUNetTrainerWallClock__nnUNetPlans__2d"
-    budget = json.loads((model / "fold_0" / "benchmark_budget.json").read_text())
     raw_images = args.workdir / "nnUNet_raw" / _peers.DRIVE_NAME / "imagesTr"
     images = args.workdir / "val_images_nnunet"
     for d in val:  # nnU-Net's own converted PNGs of the validation images
         _peers.link_file(raw_images / f"{d['case_id']}_0000.png", images / f"{d['case_id']}_0000.png")
-    out = args.workdir / f"nnunet_pred_{minutes:g}min"
-    shutil.rmtree(out, ignore_errors=True)
-    pred = _peers.timed_run([sys.executable, _peers.NNUNET_CLI, "predict", "-i", images, "-o", out, "-d",
-                             str(_peers.DRIVE_ID), "-c", "2d", "-f", "0", "-tr", "nnUNetTrainerWallClock",
-                             "-chk", "checkpoint_final.pth", "-device", "cpu"], env,
-                            args.workdir / f"nnunet_predict_{minutes:g}min.log")
+    run = nnunet_run(args).train_and_predict(minutes, images, preprocessing)
+    out, budget = run["predictions"], run["budget"]
     dice = _peers.score_fov_files([(out / f"{d['case_id']}.png", Path(d["label"]), Path(d["roi"])) for d in val])
     return {"tool": "nnU-Net v2 2d", "minutes": minutes, "iterations": budget["iterations"],
             "batch": budget["batch_size"], "patch": "x".join(map(str, preprocessing["patch_size"])),
             "preprocess_s": preprocessing["seconds"], "train_s": budget["train_seconds"],
-            "train_process_s": train["seconds"], "dice": dice,
-            "infer_s_per_case": round(pred["seconds"] / len(val), 2), "infer_total_s": pred["seconds"]}
+            "train_process_s": run["train_s"], "dice": dice,
+            "infer_s_per_case": round(run["predict_s"] / len(val), 2), "infer_total_s": run["predict_s"]}
 
 
 def run_ours(args, minutes: float, val) -> dict:
