@@ -5,6 +5,14 @@ the planned bundle's ``train.json`` and the hand-written ``bundles/hippocampus/t
 wall-clock budget, threads and split (the fixed 42-case validation split, seed 0), final weights scored by each
 bundle's own evaluator. Target: the planned mean Dice within 0.01 of the hand-written one.
 
+``--task drive``: DRIVE as an MSD-style 2D folder with its FOV masks as each case's ``roi``
+(:func:`monai_unetzoo.data.write_drive_msd_folder`), planned with ``--budget-minutes M`` and trained as a user would
+(``python -m monai.bundle run training``, the planned epochs) on the DRIVE bundle's fixed split (16 / 4 images);
+beside it the hand-written ``bundles/drive`` through ``benchmarks/peers/drive_budget.py``'s run (its M-minute
+schedule). Both final weights (``model_last.pt``) predict the 4 validation photographs with ``unetzoo predict`` (FOV
+estimated from the photograph, each bundle its own way) and are scored by one code, vessel Dice inside DRIVE's FOV
+masks (``_peers.score_fov_files``). Target: the planned bundle within 0.02 of the hand-written one.
+
 ``--task isbi``: the ISBI 2012 EM training stack (30 slices of 512x512, ``train/image`` and ``train/label`` PNGs;
 label 0 = membrane, 255 = cell) converted to a 2D MSD-style folder (label 1 = membrane), planned, trained for the
 budget with ``python -m monai.bundle run training`` and predicted with ``unetzoo predict``.
@@ -12,6 +20,7 @@ budget with ``python -m monai.bundle run training`` and predicted with ``unetzoo
 Usage::
 
     python benchmarks/planned.py --minutes 15 --json runs/planned_hippocampus.json
+    python benchmarks/planned.py --task drive --minutes 5 --json benchmarks/planned_drive_5min.json
     python benchmarks/planned.py --task isbi --minutes 10
     python benchmarks/planned.py --quick          # smoke run: 1 minute, 8 training and 4 validation cases
 """
@@ -23,6 +32,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from _common import write_json  # benchmarks/ is on sys.path when a script here runs
@@ -33,7 +43,7 @@ DATA = Path(os.environ.get("UNETZOO_DATA_DIR", REPO.parent / "shared" / "data"))
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--task", choices=("hippocampus", "isbi"), default="hippocampus")
+    p.add_argument("--task", choices=("hippocampus", "drive", "isbi"), default="hippocampus")
     p.add_argument("--minutes", type=float, default=15.0, help="training budget per bundle")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work_dir", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "unetzoo_bench_planned"))
@@ -81,6 +91,60 @@ def hippocampus(args: argparse.Namespace, work: Path) -> dict:
     return {"task": "hippocampus", "minutes": args.minutes, "planned": planned, "handwritten": manual, "gap": gap}
 
 
+def _peers_module():
+    """benchmarks/peers/_peers.py (DRIVE scoring) and drive_budget.py (the hand-written bundle's run)."""
+    sys.path.insert(0, str(REPO / "benchmarks" / "peers"))
+    import _peers
+    import drive_budget
+
+    return _peers, drive_budget
+
+
+def _datalist_expression(case_ids: list[str], keep: bool) -> str:
+    """A config expression selecting the training cases whose id is (``keep``) or is not in ``case_ids``."""
+    return f"$[d for d in @datalists['all_training'] if (d['case_id'] in {case_ids!r}) == {keep}]"
+
+
+def drive(args: argparse.Namespace, work: Path) -> dict:
+    from monai_unetzoo.data import write_drive_msd_folder
+
+    _peers, drive_budget = _peers_module()
+    data = write_drive_msd_folder(DATA / "DRIVE", work / "drive_msd")
+    _, val = drive_budget.drive_split(DATA / "DRIVE")
+    ids = [d["case_id"] for d in val]
+    bundle, models = work / "planned_drive", work / "planned_drive_models"
+    t0 = time.perf_counter()
+    plan(data, bundle, args.minutes)
+    plan_s = time.perf_counter() - t0
+    _run([sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(bundle / "train.json"),
+          "--output_dir", str(models), "--num_threads", str(args.threads),
+          "--train_datalist", _datalist_expression(ids, False), "--val_datalist", _datalist_expression(ids, True)]
+         + (["--epochs", "1"] if args.quick else []))
+    train_s = time.perf_counter() - t0 - plan_s
+    images = _peers.link_inputs(val, work / "drive_val_images", ".tif")
+    pred = work / "planned_drive_pred"
+    _run([sys.executable, "-m", "unetzoo_cli", "predict", "--bundle", str(bundle), "--checkpoint",
+          str(models / "model_last.pt"), "--input", str(images), "--output", str(pred), "--threads", str(args.threads),
+          "--no-preview", "--quiet"])
+    found = {d["case_id"]: sorted(pred.rglob(f"{d['case_id']}_seg.*")) for d in val}
+    planned = {"dice": _peers.score_fov_files([(found[d["case_id"]][0], Path(d["label"]), Path(d["roi"]))
+                                                for d in val]),
+               "plan_s": round(plan_s, 1), "train_s": round(train_s, 1),
+               "epochs": json.loads((bundle / "train.json").read_text())["epochs"]}
+    peer_args = argparse.Namespace(workdir=work / "handwritten_drive", dataset_dir=DATA / "DRIVE", cores=args.threads)
+    peer_args.workdir.mkdir(parents=True, exist_ok=True)
+    manual = drive_budget.run_ours(peer_args, args.minutes, val)
+    gap = planned["dice"]["mean"] - manual["dice"]["mean"]
+    print(f"\n{'bundle':14s} {'train s':>8s} {'FOV Dice':>9s}  per image")
+    print(f"{'planned':14s} {planned['plan_s'] + planned['train_s']:>8.0f} {planned['dice']['mean']:>9.4f}  "
+          f"{planned['dice']['per_image']}")
+    print(f"{'hand-written':14s} {manual['train_process_s']:>8.0f} {manual['dice']['mean']:>9.4f}  "
+          f"{manual['dice']['per_image']}")
+    print(f"planned - hand-written FOV Dice: {gap:+.4f} (target: >= -0.02) -> {'PASS' if gap >= -0.02 else 'FAIL'}")
+    return {"task": "drive", "minutes": args.minutes, "validation_ids": ids, "planned": planned,
+            "handwritten": manual, "gap": gap}
+
+
 def convert_isbi(source: Path, target: Path) -> Path:
     """ISBI 2012 train PNGs -> MSD-style 2D folder: images as they are, labels 1 = membrane (source value 0)."""
     import numpy as np
@@ -123,7 +187,11 @@ def main(argv: list[str] | None = None) -> dict:
         args.minutes = min(args.minutes, 1.0)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    result = hippocampus(args, work) if args.task == "hippocampus" else isbi(args, work)
+    machine = _peers_module()[0].machine_line()
+    print(machine, flush=True)
+    result = {"hippocampus": hippocampus, "drive": drive, "isbi": isbi}[args.task](args, work)
+    result["machine"] = machine
+    print(machine)
     write_json(args.json, result)
     return result
 

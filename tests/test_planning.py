@@ -128,8 +128,47 @@ def test_anisotropic_data_keeps_the_coarse_axis():
     assert iso.value == pytest.approx([1.0, 1.0, 1.2])
     # the patch keeps the coarse axis short and is not pooled along it until the in-plane axes reach its spacing
     assert pools_per_axis([160, 160, 20], [0.7, 0.7, 4.2]) == [5, 5, 2]  # z joins at the 3rd pooling (2.8 mm vs 4.2)
-    patch, depth, _ = plan_patch_and_depth([256, 256, 20], rule.value, "cpu", 2, 1)
-    assert patch.value[2] < patch.value[0] / 2 and 2 ** depth.value <= patch.value[2]
+    patch, kernels, _ = plan_patch_and_depth([256, 256, 20], rule.value, "cpu", 2, 1)
+    z_pools = sum(k[2] == 2 for k in kernels.value)
+    assert patch.value[2] < patch.value[0] / 2 and z_pools < len(kernels.value) and 2 ** z_pools <= patch.value[2]
+    assert kernels.value[0] == [2, 2, 1]  # the coarse axis is not pooled at the first level
+
+
+#: nnU-Net v2's own pooling plans (``nnunetv2.experiment_planning.experiment_planners.network_topology.
+#: get_pool_and_conv_props(spacing, patch, 4, 999999)``, nnunetv2 2.8.1): (spacing, patch) -> pool kernels per level.
+NNUNET_POOL_KERNELS = [
+    ([0.7, 0.7, 4.2], [160, 160, 20], [[2, 2, 1], [2, 2, 1], [2, 2, 2], [2, 2, 2], [2, 2, 1]]),
+    ([1, 1, 1], [36, 50, 35], [[2, 2, 2], [2, 2, 2], [2, 2, 2]]),
+    ([3.0, 0.8, 0.8], [20, 192, 160], [[1, 2, 2], [2, 2, 2], [2, 2, 2], [1, 2, 2], [1, 2, 2]]),
+    ([1.0, 1.0, 1.0], [128, 128, 8], [[2, 2, 2], [2, 2, 1], [2, 2, 1], [2, 2, 1], [2, 2, 1]]),
+    ([1, 1], [256, 256], [[2, 2]] * 6),  # nnU-Net: 6 levels; ours stops at MAX_DEPTH = 5
+]
+
+
+@pytest.mark.parametrize("spacing, patch, expected", NNUNET_POOL_KERNELS)
+def test_pool_kernels_are_nnunets(spacing, patch, expected):
+    from monai_unetzoo.planning.rules import MAX_DEPTH, pool_kernels
+
+    assert pool_kernels(patch, spacing) == expected[:MAX_DEPTH]
+
+
+@pytest.mark.parametrize("name", ["resunet", "unet", "unetpp"])
+def test_per_axis_pooling_in_every_network(name):
+    """nnU-Net's anisotropic kernels as ``pool_sizes``: the bottleneck of a patch-sized input is patch /
+    2**(poolings per axis) -- (5, 5, 5) for 160 x 160 x 20 -- and the output is on the input grid."""
+    import torch
+
+    from monai_unetzoo.networks import get_network
+
+    kernels = NNUNET_POOL_KERNELS[0][2]
+    net = get_network(name, spatial_dims=3, in_channels=1, out_channels=2, features=[4, 4, 8, 8, 8, 8],
+                      pool_sizes=kernels).eval()
+    deepest = net.encoder[-1] if name != "unetpp" else net.backbone[-1]
+    seen = []
+    deepest.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape[2:])))
+    with torch.no_grad():
+        out = net(torch.zeros(1, 1, 160, 160, 20))
+    assert tuple(out.shape) == (1, 2, 160, 160, 20) and seen == [(5, 5, 5)]
 
 
 def test_mirror_axes_respect_lateral_labels():
@@ -149,8 +188,8 @@ def test_ct_normalisation_is_clip_then_dataset_zscore():
     assert rule.value == {"scheme": "ct", "clip": [-900.0, 400.0], "mean": 40.0, "std": 120.0}
     assert plan_normalisation({"0": "T2", "1": "ADC"}, stats).value == {"scheme": "zscore"}
 
-    class Plan:  # the two fields planned_load_transforms reads
-        normalisation, spatial_dims, pixdim = rule.value, 3, None
+    class Plan:  # the fields planned_load_transforms reads
+        normalisation, spatial_dims, pixdim, roi = rule.value, 3, None, None
 
     transform = ConfigParser({"t": planned_load_transforms(Plan, ["image"])[-1]}).get_parsed_content("t")
     x = np.random.default_rng(0).uniform(-1500, 1500, (1, 8, 8, 8)).astype(np.float32)
@@ -240,6 +279,7 @@ def test_planned_bundle_follows_the_plan(planned):
     train = json.loads((bundle / "train.json").read_text())
     assert train["pixdim"] == pytest.approx([1.0, 1.0, 2.0])  # the median, data not anisotropic enough to change
     assert train["patch_size"] == [20, 20, 10] and train["network_def"]["features"] == [16, 32, 64]
+    assert train["network_def"]["pool_sizes"] == [[2, 2, 1], [2, 2, 2]]  # 2 mm z waits for x, y to reach 2 mm
     assert train["num_classes"] == 3 and train["class_names"] == ["left part", "core"]
     flips = [t["spatial_axis"] for t in train["train"]["random_transforms"] if t["_target_"] == "RandFlipd"]
     assert flips == [1, 2]  # "left part": never mirrored across the left-right axis
@@ -318,8 +358,9 @@ def test_plan_for_task04_hippocampus():
         assert case.shape == list(img.shape) and case.spacing == pytest.approx(list(img.header.get_zooms()))
     spacing = plan_target_spacing(fp.spacings(), fp.shapes())
     assert spacing.value == pytest.approx([1.0, 1.0, 1.0])
-    patch, depth, _ = plan_patch_and_depth(fp.median_shape, spacing.value, "cpu", 2, 1)
-    assert all(m <= p < m + 2 ** depth.value for m, p in zip(fp.median_shape, patch.value))
+    patch, kernels, _ = plan_patch_and_depth(fp.median_shape, spacing.value, "cpu", 2, 1)
+    assert kernels.value == [[2, 2, 2]] * 3  # as the hand-written bundle (features 16..128)
+    assert all(m <= p < m + 2 ** 3 for m, p in zip(fp.median_shape, patch.value))
     assert plan_normalisation(fp.modality, fp.foreground_intensity).value == {"scheme": "zscore"}
     assert plan_mirror_axes(list(fp.labels.values())[1:], 3).value == [0, 2]
 
@@ -354,3 +395,137 @@ def test_2d_png_dataset_is_planned_on_its_pixel_grid(tmp_path, capsys):
     assert train["network_def"]["spatial_dims"] == 2 and train["network_def"]["in_channels"] == 3
     assert [t["spatial_axis"] for t in train["train"]["random_transforms"] if t["_target_"] == "RandFlipd"] == [0, 1]
     assert zoo_conformance_problems(tmp_path / "b") == {}
+
+
+# ----------------------------------------------------------------------------- region-of-interest masks (DRIVE)
+
+
+def _fundus_like(seed: int, size: int = 48):
+    """(RGB image, label, roi): a bright disc (the ROI) on a dark surround, dark stripes (label 1) inside it and a
+    stripe of label 1 outside it, which the ROI must exclude from the loss and the Dice."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    roi = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (0.4 * size) ** 2).astype(np.uint8)
+    label = np.zeros((size, size), np.uint8)
+    label[:, 20 + seed:23 + seed] = 1
+    label &= roi
+    label[1:3, 2:10] = 1  # outside the disc
+    grey = np.where(roi > 0, rng.uniform(110, 200, roi.shape) - 60 * label, rng.uniform(0, 8, roi.shape))
+    image = np.repeat(grey[..., None], 3, axis=-1).clip(0, 255).astype(np.uint8)
+    return image, label, roi
+
+
+def _write_roi_folder(root: Path, n: int = 6) -> Path:
+    from PIL import Image
+
+    for sub in ("imagesTr", "labelsTr", "roisTr", "imagesTs"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    training = []
+    for i in range(n):
+        image, label, roi = _fundus_like(i)
+        for sub, arr in (("imagesTr", image), ("labelsTr", label), ("roisTr", roi)):
+            Image.fromarray(arr).save(root / sub / f"c{i}.png")
+        training.append({"image": f"./imagesTr/c{i}.png", "label": f"./labelsTr/c{i}.png",
+                         "roi": f"./roisTr/c{i}.png"})
+    Image.fromarray(_fundus_like(9)[0]).save(root / "imagesTs" / "t9.png")
+    (root / "dataset.json").write_text(json.dumps({"modality": {"0": "fundus"}, "training": training,
+                                                   "labels": {"0": "background", "1": "vessel"}}))
+    return root
+
+
+def test_roi_threshold_dice_matches_numpy():
+    """The threshold search's Dice, from samples that are every pixel here, equals Dice computed with numpy."""
+    from monai_unetzoo.planning.fingerprint import best_roi_threshold, roi_intensity_samples, roi_threshold_dice
+
+    rng = np.random.default_rng(0)
+    cases = [_fundus_like(i) for i in range(3)]
+    samples = [roi_intensity_samples(np.moveaxis(img, -1, 0), roi, rng) for img, _, roi in cases]
+    for t in (4.0, 30.0, 120.0):
+        expected = [2 * ((img[..., 0] > t) & (roi > 0)).sum() / ((img[..., 0] > t).sum() + roi.sum())
+                    for img, _, roi in cases]
+        assert roi_threshold_dice(samples, [t])[:, 0] == pytest.approx(expected)
+    best = best_roi_threshold(samples)
+    assert 7 <= best["threshold"] < 50 and best["min_dice"] == 1.0  # surround <= 7 (uint8), darkest inside 50
+
+
+def test_roi_masks_are_planned_as_the_drive_bundle_handles_its_fov(tmp_path):
+    """A data set with ``roi`` masks: the plan keeps the label outside the ROI out of the loss (ignore value),
+    counts validation Dice inside it (checked against numpy), and the trained bundle's ``unetzoo predict`` writes
+    background outside the ROI it estimates from the image."""
+    import torch
+    from monai.bundle import ConfigParser
+    from monai.handlers import from_engine
+    from monai.metrics import DiceMetric
+    from PIL import Image
+
+    data = _write_roi_folder(tmp_path / "data")
+    fp = fingerprint_dataset(data)
+    assert fp.has_roi and fp.cases[0].roi_fraction == pytest.approx(_fundus_like(0)[2].mean())
+    bundle = tmp_path / "bundle"
+    assert main(["plan", "--dataset", str(data), "--output", str(bundle), "--budget-minutes", "0.05"]) == 0
+    train = json.loads((bundle / "train.json").read_text())
+    assert train["loss"]["_target_"].endswith("MaskedDiceCELoss") and train["loss"]["ignore_index"] == 255
+    assert zoo_conformance_problems(bundle) == {}
+
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "train.json"))
+    parser["num_workers"] = 0
+    batch = next(iter(parser.get_parsed_content("train#dataloader")))
+    _, label = parser.get_parsed_content("train#prepare_batch")(batch)
+    outside = batch["roi"] <= 0.5
+    assert torch.all(label[outside] == 255) and torch.all(label[~outside] == batch["label"][~outside])
+
+    image, truth, roi = _fundus_like(0)
+    logits = torch.zeros((2, *truth.shape))
+    logits[1] = torch.as_tensor(np.where(image[..., 0] < 120, 5.0, -5.0))  # a guess with errors in and out
+    post = parser.get_parsed_content("validate#postprocessing")
+    item = post({"pred": logits, "label": torch.as_tensor(truth)[None].float(), "roi": torch.as_tensor(roi)[None]})
+    pred_fg, truth_in = (image[..., 0] < 120) & (roi > 0), (truth > 0) & (roi > 0)
+    expected = 2 * (pred_fg & truth_in).sum() / (pred_fg.sum() + truth_in.sum())
+    key_metric = next(iter(train["validate"]["key_metric"].values()))
+    assert key_metric["_target_"] == "MeanDice" and key_metric["include_background"] is False
+    pred_onehot, label_onehot = from_engine(["pred", "label"])([item])
+    dice = DiceMetric(include_background=False)(pred_onehot[0][None], label_onehot[0][None])
+    assert float(dice) == pytest.approx(expected)
+
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="2")
+    out = tmp_path / "models"
+    proc = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "training", "--config_file",
+                           str(bundle / "train.json"), "--output_dir", str(out), "--epochs", "1", "--epoch_length",
+                           "2", "--val_interval", "1", "--num_threads", "2"],
+                          cwd=REPO, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    pred = tmp_path / "pred"
+    assert main(["predict", "--bundle", str(bundle), "--checkpoint", str(out / "model_last.pt"), "--input",
+                 str(data / "imagesTs"), "--output", str(pred), "--device", "cpu", "--quiet", "--no-preview"]) == 0
+    seg = np.asarray(Image.open(next(pred.glob("t9*.png"))))
+    assert seg.shape == (48, 48)
+    assert not seg[_fundus_like(9)[2] == 0].any()  # background wherever the estimated FOV (= the disc) is not
+
+
+def test_plan_for_drive_recovers_its_fov_masks(tmp_path):
+    """Real DRIVE as an MSD folder with its FOV masks as ``roi``: the planned inference's ROI estimate, chosen on
+    the 20 training images, reproduces the 20 *test* images' own FOV masks (Dice >= 0.99 each, an independent
+    check on images the choice never saw); the plan trains inside the FOV."""
+    from PIL import Image
+
+    from monai_unetzoo.data import write_drive_msd_folder
+    from monai_unetzoo.transforms import EstimateFovMaskd
+
+    drive = require_data("DRIVE")
+    data = write_drive_msd_folder(drive, tmp_path / "drive_msd")
+    bundle = tmp_path / "bundle"
+    assert main(["plan", "--dataset", str(data), "--output", str(bundle), "--budget-minutes", "0.05"]) == 0
+    meta = json.loads((bundle / "metadata.json").read_text())
+    roi_rule = next(r for r in meta["plan"]["rules"] if r["name"] == "region of interest")
+    threshold = roi_rule["value"]["fov_threshold"]
+    assert threshold is not None and meta["fingerprint"]["roi_threshold"]["min_dice"] >= 0.99
+    estimate = EstimateFovMaskd("roi", threshold=threshold)
+    for item in json.loads((data / "dataset.json").read_text())["test"]:
+        image = np.moveaxis(np.asarray(Image.open(data / item["image"])), -1, 0)
+        mask = np.asarray(Image.open(data / item["roi"])) > 0
+        fov = estimate.estimate(image)
+        assert 2 * (fov & mask).sum() / (fov.sum() + mask.sum()) >= 0.99, item
+    train = json.loads((bundle / "train.json").read_text())
+    assert train["train"]["prepare_batch"]["_target_"].endswith("PrepareBatchWithROI")
+    assert train["network_def"]["in_channels"] == 3 and train["data_check_options"]["require_roi"] is True

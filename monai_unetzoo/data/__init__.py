@@ -16,6 +16,7 @@ from .drive import (
     labelled_split,
     resolve_drive_dataset_dir,
     split_drive_cases,
+    write_drive_msd_folder,
 )
 from .msd import (
     MSD_SYNTHETIC_SENTINEL,
@@ -52,6 +53,7 @@ __all__ = [
     "split_drive_cases",
     "split_msd_cases",
     "volume_inference_datalist",
+    "write_drive_msd_folder",
     "write_synthetic_drive",
     "write_synthetic_msd_hippocampus",
 ]

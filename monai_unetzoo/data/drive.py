@@ -21,6 +21,7 @@ Loading the files is left to MONAI (``LoadImaged(reader="PILReader", reverse_ind
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -45,6 +46,7 @@ __all__ = [
     "drive_datalists",
     "resolve_drive_dataset_dir",
     "inference_datalist",
+    "write_drive_msd_folder",
     "labelled_split",
     "default_bundle_root",
 ]
@@ -347,6 +349,41 @@ def inference_datalist(
     if missing:
         raise DriveDatasetError(f"{len(missing)} image(s) have no FOV mask:\n  " + "\n  ".join(missing))
     return items
+
+
+def write_drive_msd_folder(drive_dir: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """DRIVE as an MSD-style 2D folder for ``unetzoo plan``, the FOV masks as each case's ``"roi"``.
+
+    ``target/imagesTr/<id>.tif`` and ``imagesTs/<id>.tif`` are symbolic links to the photographs (nothing is
+    copied); ``labelsTr/<id>.png`` holds the vessel annotation as 0/1 (DRIVE's GIFs store 0/255, which a
+    ``dataset.json`` with labels 0 and 1 would refuse) and ``roisTr/`` / ``roisTs/<id>.png`` the FOV masks as 0/1.
+    ``dataset.json``: modality ``{"0": "RGB"}``, labels ``{"0": "background", "1": "vessel"}``, case ids the
+    two-digit DRIVE numbers (so ``val_case_ids`` of the DRIVE bundle name the same images). Returns ``target``.
+    """
+    from PIL import Image
+
+    target = Path(target)
+    content: dict[str, Any] = {"name": "DRIVE", "modality": {"0": "RGB"}, "labels": {"0": "background", "1": "vessel"},
+                               "licence": "DRIVE terms (research use); see shared/data/SOURCES.md",
+                               "training": [], "test": []}
+    for section, suffix in (("training", "Tr"), ("test", "Ts")):
+        for sub in (f"images{suffix}", f"labels{suffix}", f"rois{suffix}"):
+            (target / sub).mkdir(parents=True, exist_ok=True)
+        for item in build_drive_datalist(drive_dir, section, validate=False):
+            cid = item["case_id"]
+            entry = {"image": f"./images{suffix}/{cid}.tif", "roi": f"./rois{suffix}/{cid}.png"}
+            link = target / entry["image"]
+            if not link.exists():
+                link.symlink_to(Path(item["image"]).resolve())
+            Image.fromarray((np.asarray(Image.open(item["roi"]).convert("L")) > 0).astype(np.uint8)).save(
+                target / entry["roi"])
+            if section == "training":
+                entry["label"] = f"./labels{suffix}/{cid}.png"
+                label = np.asarray(Image.open(item["label"]).convert("L")) > 127
+                Image.fromarray(label.astype(np.uint8)).save(target / entry["label"])
+            content[section].append(entry)
+    (target / "dataset.json").write_text(json.dumps(content, indent=2))
+    return target
 
 
 def default_bundle_root(name: str) -> str:

@@ -154,7 +154,9 @@ def build_msd_datalist(
             shape and affine (to 1e-3 mm). Files in other formats are only checked for existence.
 
     Returns:
-        ``[{"image": abs path, "label": abs path, "case_id": "hippocampus_004"}, ...]``.
+        ``[{"image": abs path, "label": abs path, "case_id": "hippocampus_004"}, ...]``, plus ``"roi"`` (abs path)
+        where ``dataset.json`` lists a region-of-interest mask for the case (e.g. a fundus field of view; training
+        cases: all or none).
 
     Raises:
         MSDDatasetError: one error listing every missing or malformed file and what is wrong with it.
@@ -171,11 +173,15 @@ def build_msd_datalist(
                                     data_list_key=section, base_dir=root)
     keys = ("image", "label") if section == "training" else ("image",)
     problems: list[str] = []
+    with_roi = sum(1 for item in items if "roi" in item)
+    if with_roi and section == "training" and with_roi < len(items):
+        problems.append(f'{root / "dataset.json"}: {with_roi} of {len(items)} training cases list a "roi" mask; '
+                        "give one for every case or for none")
     datalist: list[dict[str, str]] = []
     seen: dict[str, str] = {}
     for item in items:
-        paths = {k: Path(item[k]) for k in keys}
-        missing = [f"{paths[k]} (missing {k} file, listed in {root / 'dataset.json'})" for k in keys
+        paths = {k: Path(item[k]) for k in (*keys, "roi") if k in item}
+        missing = [f"{paths[k]} (missing {k} file, listed in {root / 'dataset.json'})" for k in paths
                    if not paths[k].is_file()]
         problems.extend(missing)
         if validate and not missing:
@@ -199,7 +205,7 @@ def build_msd_datalist(
         if cid in seen:
             problems.append(f"case id {cid!r} listed twice ({seen[cid]} and {paths['image']})")
         seen[cid] = str(paths["image"])
-        datalist.append({**{k: str(paths[k]) for k in keys}, "case_id": cid})
+        datalist.append({**{k: str(paths[k]) for k in paths}, "case_id": cid})
     if section == "training" and not datalist:
         problems.append(f'{root / "dataset.json"} lists no "training" cases')
     if problems:

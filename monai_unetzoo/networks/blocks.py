@@ -30,6 +30,7 @@ __all__ = [
     "SkipUpsampler",
     "pad_to_match",
     "ensure_feature_tuple",
+    "ensure_pool_sizes",
 ]
 
 
@@ -41,6 +42,21 @@ def ensure_feature_tuple(features: Sequence[int], min_levels: int = 2) -> tuple[
     if any(f <= 0 for f in feats):
         raise ValueError(f"features must be positive channel counts, got {feats}.")
     return feats
+
+
+def ensure_pool_sizes(pool_sizes: Sequence[int | Sequence[int]] | None, levels: int, spatial_dims: int
+                      ) -> tuple[tuple[int, ...], ...]:
+    """Per-level, per-axis pooling factors: ``None`` -> 2 on every axis at every level; otherwise one entry per
+    level (shallowest first), each an int (all axes) or ``spatial_dims`` ints, e.g. ``[[2, 2, 1], [2, 2, 2]]`` for
+    nnU-Net's anisotropic plans (a coarse axis pooled only at the deeper levels)."""
+    if pool_sizes is None:
+        return ((2,) * spatial_dims,) * levels
+    sizes = tuple(tuple([int(p)] * spatial_dims) if isinstance(p, (int, float)) else tuple(int(v) for v in p)
+                  for p in pool_sizes)
+    if len(sizes) != levels or any(len(p) != spatial_dims or min(p) < 1 for p in sizes):
+        raise ValueError(f"pool_sizes needs {levels} entries (one per pooling level) of {spatial_dims} positive "
+                         f"ints each, got {pool_sizes}.")
+    return sizes
 
 
 def pad_to_match(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -197,29 +213,32 @@ class ResidualConvBlock(nn.Module):
 
 
 class UNetDownBlock(nn.Sequential):
-    """Max-pool by 2, then a convolution block (``DoubleConv`` or ``ResidualConvBlock``).
+    """Max-pool by ``pool_size`` (2, or one factor per axis), then a convolution block (``DoubleConv`` or
+    ``ResidualConvBlock``).
 
-    Shapes: (B, in_channels, S) -> (B, out_channels, floor(S / 2)).
+    Shapes: (B, in_channels, S) -> (B, out_channels, floor(S / pool_size)).
     """
 
-    def __init__(self, spatial_dims: int, conv_block: nn.Module):
+    def __init__(self, spatial_dims: int, conv_block: nn.Module, pool_size: int | Sequence[int] = 2):
         super().__init__()
-        self.add_module("pool", Pool["max", spatial_dims](kernel_size=2))
+        self.add_module("pool", Pool["max", spatial_dims](kernel_size=pool_size))
         self.add_module("conv", conv_block)
 
 
 class SkipUpsampler(nn.Module):
-    """Up-sample a coarse map by 2 and pad it to the size of its skip connection.
+    """Up-sample a coarse map by ``scale`` (2, or one factor per axis: the pooling it undoes) and pad it to the size
+    of its skip connection.
 
-    ``upsample="deconv"``: a transposed convolution with kernel 2 and stride 2 that also maps ``in_channels`` to
+    ``upsample="deconv"``: a transposed convolution with kernel = stride = ``scale`` that also maps ``in_channels`` to
     ``out_channels`` (Ronneberger et al. 2015). ``upsample="nontrainable"``: linear/bilinear/trilinear interpolation
     (``align_corners=True``, as in the common PyTorch UNet) that keeps ``in_channels``; ``out_channels`` then equals
     ``in_channels``. Implemented with MONAI's :class:`~monai.networks.blocks.UpSample`.
 
-    Shapes: (B, in_channels, s) and skip (B, *, S) with S in {2s, 2s+1} -> (B, self.out_channels, S).
+    Shapes: (B, in_channels, s) and skip (B, *, S) with S = scale * s + (0 .. scale - 1) -> (B, self.out_channels, S).
     """
 
-    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, upsample: str = "deconv"):
+    def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, upsample: str = "deconv",
+                 scale: int | Sequence[int] = 2):
         super().__init__()
         if upsample not in ("deconv", "nontrainable"):
             raise ValueError(f"upsample must be 'deconv' or 'nontrainable', got {upsample!r}.")
@@ -228,7 +247,7 @@ class SkipUpsampler(nn.Module):
             spatial_dims,
             in_channels,
             self.out_channels,
-            scale_factor=2,
+            scale_factor=scale,
             mode=upsample,
             pre_conv=None,
             interp_mode="linear",

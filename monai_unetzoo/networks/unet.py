@@ -34,6 +34,9 @@ class ClassicUNet(EncoderDecoderUNet):
         dropout: dropout probability inside every DoubleConv.
         upsample: ``"deconv"`` (transposed convolution, halves the channels) or ``"nontrainable"`` (interpolation;
             the decoder convolution then sees ``features[i + 1] + features[i]`` channels).
+        pool_sizes: pooling factor per level (shallowest first), an int or one per axis; default 2 everywhere.
+            ``[[2, 2, 1], [2, 2, 1], [2, 2, 2]]`` pools the third axis only at the deepest level (nnU-Net's plans
+            for anisotropic data; see :func:`monai_unetzoo.planning.rules.pool_kernels`).
 
     Shapes: (B, C_in, S) -> (B, C_out, S) logits, for any spatial size S (2D ``H, W`` or 3D ``D, H, W``).
     """
@@ -49,8 +52,9 @@ class ClassicUNet(EncoderDecoderUNet):
         bias: bool = False,
         dropout: float | tuple = 0.0,
         upsample: str = "deconv",
+        pool_sizes: Sequence[int | Sequence[int]] | None = None,
     ):
         def make_block(c_in: int, c_out: int) -> nn.Module:
             return DoubleConv(spatial_dims, c_in, c_out, act=act, norm=norm, bias=bias, dropout=dropout)
 
-        super().__init__(spatial_dims, in_channels, out_channels, features, upsample, make_block)
+        super().__init__(spatial_dims, in_channels, out_channels, features, upsample, make_block, pool_sizes)

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from monai.networks.layers.factories import Conv
 
-from .blocks import DoubleConv, SkipUpsampler, UNetDownBlock, ensure_feature_tuple
+from .blocks import DoubleConv, SkipUpsampler, UNetDownBlock, ensure_feature_tuple, ensure_pool_sizes
 
 __all__ = ["UNetPlusPlus"]
 
@@ -32,7 +32,8 @@ class UNetPlusPlus(nn.Module):
         in_channels: input channels ``C_in``.
         out_channels: output channels (classes) ``C_out``.
         features: channels per level, shallowest first; depth ``L = len(features) - 1``.
-        act, norm, bias, dropout, upsample: as in :class:`~monai_unetzoo.networks.ClassicUNet`.
+        act, norm, bias, dropout, upsample, pool_sizes: as in :class:`~monai_unetzoo.networks.ClassicUNet`
+            (``pool_sizes[i]``: between levels i and i + 1, for the backbone and every nested up-sampler).
         deep_supervision: put a head on every X(0, j), j = 1..L (else one head on X(0, L)).
         prune_level: ``p`` in 1..L, the head used in eval mode; only the nodes with ``i + j <= p`` are computed.
             ``None`` means ``L`` (the full network). Needs ``deep_supervision=True`` when ``p < L`` (the shallower
@@ -58,6 +59,7 @@ class UNetPlusPlus(nn.Module):
         upsample: str = "deconv",
         deep_supervision: bool = False,
         prune_level: int | None = None,
+        pool_sizes: Sequence[int | Sequence[int]] | None = None,
     ):
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -66,6 +68,7 @@ class UNetPlusPlus(nn.Module):
         self.spatial_dims = spatial_dims
         self.features = feats
         self.depth = len(feats) - 1
+        self.pool_sizes = ensure_pool_sizes(pool_sizes, self.depth, spatial_dims)
         self.deep_supervision = deep_supervision
         self._prune_level = self.depth
         self.prune_level = prune_level if prune_level is not None else self.depth
@@ -77,13 +80,13 @@ class UNetPlusPlus(nn.Module):
         # Backbone X(i, 0).
         self.backbone = nn.ModuleList([conv_block(in_channels, feats[0])])
         for i in range(1, depth + 1):
-            self.backbone.append(UNetDownBlock(spatial_dims, conv_block(feats[i - 1], feats[i])))
+            self.backbone.append(UNetDownBlock(spatial_dims, conv_block(feats[i - 1], feats[i]), self.pool_sizes[i - 1]))
         # Nested nodes X(i, j), j >= 1, keyed "i_j"; each has its own up-sampler from X(i + 1, j - 1).
         self.upsamplers = nn.ModuleDict()
         self.nodes = nn.ModuleDict()
         for j in range(1, depth + 1):
             for i in range(0, depth - j + 1):
-                up = SkipUpsampler(spatial_dims, feats[i + 1], feats[i], upsample=upsample)
+                up = SkipUpsampler(spatial_dims, feats[i + 1], feats[i], upsample=upsample, scale=self.pool_sizes[i])
                 self.upsamplers[f"{i}_{j}"] = up
                 self.nodes[f"{i}_{j}"] = conv_block(j * feats[i] + up.out_channels, feats[i])
         conv_type = Conv["conv", spatial_dims]

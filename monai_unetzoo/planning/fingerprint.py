@@ -7,7 +7,10 @@ RAS for 3D data, the frame the planned bundle trains in):
 
 * ``shape`` (spatial, voxels), ``spacing`` (mm per axis), ``orientation`` (axis codes of the file, e.g. ``"LPS"``);
 * per image channel the intensity inside the foreground (label > 0): 0.5 / 50 / 99.5 percentiles, mean, std;
-* per class the voxel count and volume in mm^3 (2D: mm^2, or pixels where the file has no spacing).
+* per class the voxel count and volume in mm^3 (2D: mm^2, or pixels where the file has no spacing);
+* where ``dataset.json`` gives a ``"roi"`` mask per case (e.g. DRIVE's field-of-view masks): its path and share of
+  the image; over the data set the threshold on the brightest channel that best recovers the masks
+  (:func:`best_roi_threshold`), for the planned inference to estimate the ROI of a case that comes without one.
 
 and over the data set: the median shape and spacing, the class frequencies (voxel fraction of each class over all
 cases), the fraction of cases holding each class, and per channel the foreground intensity statistics of a pooled
@@ -42,6 +45,9 @@ __all__ = [
     "DatasetFingerprint",
     "foreground_intensity_stats",
     "class_voxel_counts",
+    "roi_intensity_samples",
+    "roi_threshold_dice",
+    "best_roi_threshold",
     "spacing_from_affine",
     "fingerprint_case_arrays",
     "pooled_intensity_stats",
@@ -81,6 +87,8 @@ class CaseFingerprint:
     intensity: list[dict[str, float]]
     class_voxels: dict[str, int]
     class_volume: dict[str, float]
+    roi: str | None = None
+    roi_fraction: float | None = None
 
 
 @dataclass
@@ -101,6 +109,12 @@ class DatasetFingerprint:
     class_frequencies: dict[str, float] = field(default_factory=dict)
     class_case_fraction: dict[str, float] = field(default_factory=dict)
     foreground_intensity: list[dict[str, float]] = field(default_factory=list)
+    roi_threshold: dict[str, float] | None = None
+
+    @property
+    def has_roi(self) -> bool:
+        """Every case comes with a region-of-interest mask (dataset.json ``"roi"``; all or none is enforced)."""
+        return bool(self.cases) and all(c.roi is not None for c in self.cases)
 
     def spacings(self) -> np.ndarray:
         """(N, D) spacings of the cases."""
@@ -132,6 +146,46 @@ def foreground_intensity_stats(image: np.ndarray, label: np.ndarray) -> list[dic
         stats.append({"p0.5": float(p[0]), "p50": float(p[1]), "p99.5": float(p[2]), "mean": float(values.mean()),
                       "std": float(values.std()), "min": float(values.min()), "max": float(values.max())})
     return stats
+
+
+def roi_intensity_samples(image: np.ndarray, roi: np.ndarray, rng: np.random.Generator) -> dict[str, Any]:
+    """The brightest channel of ``image`` (C, *S) sampled inside and outside the ROI (*S): at most
+    FOREGROUND_SAMPLES_PER_CASE values each, with the full counts (what :func:`roi_threshold_dice` weighs by)."""
+    brightest = np.asarray(image, dtype=np.float64).max(axis=0).ravel()
+    inside = np.asarray(roi).ravel() > 0
+    out: dict[str, Any] = {}
+    for name, values in (("inside", brightest[inside]), ("outside", brightest[~inside])):
+        if values.size > FOREGROUND_SAMPLES_PER_CASE:
+            values = rng.choice(values, FOREGROUND_SAMPLES_PER_CASE, replace=False)
+        out[name], out[f"n_{name}"] = values, int(inside.sum() if name == "inside" else (~inside).sum())
+    return out
+
+
+def roi_threshold_dice(samples: Sequence[dict[str, Any]], thresholds: Sequence[float]) -> np.ndarray:
+    """(N cases, T thresholds) Dice between ``brightest channel > t`` and the ROI, from :func:`roi_intensity_samples`
+    (exact where the samples are every voxel): tp = n_inside * P(inside > t), fp = n_outside * P(outside > t)."""
+    t = np.asarray(thresholds, dtype=np.float64)[None, :]
+    dice = []
+    for s in samples:
+        tp = s["n_inside"] * (np.asarray(s["inside"])[:, None] > t).mean(axis=0)
+        fp = s["n_outside"] * ((np.asarray(s["outside"])[:, None] > t).mean(axis=0) if s["n_outside"] else 0.0)
+        dice.append(2 * tp / np.maximum(tp + fp + s["n_inside"], 1e-12))
+    return np.asarray(dice)
+
+
+def best_roi_threshold(samples: Sequence[dict[str, Any]], candidates: int = 64) -> dict[str, float]:
+    """The threshold on the brightest channel that best recovers the ROIs: the highest mean
+    :func:`roi_threshold_dice` over the cases, among ``candidates`` quantiles of the pooled samples;
+    ``{"threshold", "mean_dice", "min_dice"}`` (what the planned inference's ``EstimateFovMaskd`` uses; its
+    largest-component and hole filling only add to the agreement). Candidates: ``candidates`` quantiles of the
+    pooled samples and as many evenly spaced values between their extremes."""
+    pooled = np.concatenate([np.concatenate([s["inside"], s["outside"]]) for s in samples])
+    inner = np.linspace(0.0, 1.0, candidates + 2)[1:-1]
+    thresholds = np.unique(np.concatenate([np.quantile(pooled, inner), pooled.min() + inner * np.ptp(pooled)]))
+    dice = roi_threshold_dice(samples, thresholds)
+    best = int(np.argmax(dice.mean(axis=0)))
+    return {"threshold": float(thresholds[best]), "mean_dice": float(dice[:, best].mean()),
+            "min_dice": float(dice[:, best].min())}
 
 
 def class_voxel_counts(label: np.ndarray, num_classes: int) -> dict[str, int]:
@@ -193,6 +247,25 @@ def _load_pair(image_path: str, label_path: str, loaders: dict[str, Any]) -> tup
         to_ras = Orientation(axcodes="RAS", labels=None)
         image, label = to_ras(image), to_ras(label)
     return image, label, file_affine
+
+
+def _load_roi(item: dict[str, str], image: Any, loaders: dict[str, Any]) -> tuple[np.ndarray | None, list]:
+    """The case's ROI mask (*S) on the image grid (reoriented as the image), or None; problems if it does not fit."""
+    if "roi" not in item:
+        return None, []
+    from monai.transforms import Orientation
+
+    kind = "2d" if item["roi"].lower().endswith(TWO_D_SUFFIXES) else "volume"
+    roi = loaders[kind](item["roi"])
+    if roi.ndim == 4:
+        roi = Orientation(axcodes="RAS", labels=None)(roi)
+    if tuple(roi.shape[1:]) != tuple(image.shape[1:]) or roi.shape[0] != 1:
+        return None, [(item["roi"], f"roi mask shape {tuple(roi.shape)} is not one channel on its image's grid "
+                                    f"{tuple(image.shape[1:])} ({item['image']})")]
+    mask = np.asarray(roi[0]) > 0
+    if not mask.any():
+        return None, [(item["roi"], "roi mask is empty (no voxel > 0)")]
+    return mask, []
 
 
 def _pair_problems(image_path: str, label_path: str, image: Any, label: Any, declared: set[int]) -> list[tuple[str, str]]:
@@ -290,24 +363,34 @@ def fingerprint_dataset(root: str | os.PathLike, max_cases: int | None = None, s
     declared = {int(k) for k in content["labels"]}
     num_classes = max(declared) + 1
     rng, loaders = np.random.default_rng(seed), _loaders()
-    cases, dims, samples = [], [], []
+    cases, dims, samples, roi_samples = [], [], [], []
     for item in _select_cases(datalist, max_cases, seed):
         image, label, file_affine = _load_pair(item["image"], item["label"], loaders)
         pair = _pair_problems(item["image"], item["label"], image, label, declared)
         if pair:
             problems.extend(pair)
             continue
+        roi, roi_problems = _load_roi(item, image, loaders)
+        if roi_problems:
+            problems.extend(roi_problems)
+            continue
         sd = image.ndim - 1
         img, lab = np.asarray(image), np.asarray(label[0]).astype(np.int64)
         spacing = spacing_from_affine(image.affine, sd) if sd == 3 else [1.0] * sd
-        cases.append(fingerprint_case_arrays(item["case_id"], item["image"], item["label"], img, lab, spacing,
-                                             _orientation_codes(file_affine, sd), num_classes))
+        case = fingerprint_case_arrays(item["case_id"], item["image"], item["label"], img, lab, spacing,
+                                       _orientation_codes(file_affine, sd), num_classes)
+        if roi is not None:
+            case.roi, case.roi_fraction = item["roi"], float(roi.mean())
+            roi_samples.append(roi_intensity_samples(img, roi, rng))
+        cases.append(case)
         dims.append(sd)
         samples.append(_sample_foreground(img, lab, rng))
     problems.extend(_check_consistency(cases, dims) if cases else [])
     if problems:
         raise DatasetFingerprintError(root, problems)
-    return _summarise(root, content, cases, dims[0], samples, len(datalist))
+    fp = _summarise(root, content, cases, dims[0], samples, len(datalist))
+    fp.roi_threshold = best_roi_threshold(roi_samples) if fp.has_roi else None
+    return fp
 
 
 def _summarise(root: Path, content: dict[str, Any], cases: list[CaseFingerprint], spatial_dims: int,

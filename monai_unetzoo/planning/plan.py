@@ -21,6 +21,7 @@ from .rules import (
     plan_mirror_axes,
     plan_normalisation,
     plan_patch_and_depth,
+    plan_roi,
     plan_target_spacing,
 )
 from .timing import time_training_iteration
@@ -51,12 +52,14 @@ class BundlePlan:
     patch_size: list[int]
     depth: int
     features: list[int]
+    pool_sizes: list[list[int]]
     normalisation: dict[str, Any]
     mirror_axes: list[int]
     epochs: int
     batch_size: int
     seconds_per_iteration: float
     budget_minutes: float
+    roi: dict[str, Any] | None = None
     rules: list[PlanningRule] = field(default_factory=list)
 
 
@@ -85,20 +88,23 @@ def make_bundle_plan(
     pixdim, shape, spacing_rule = _spacing_rules(fp)
     spacing = pixdim or [1.0] * fp.spatial_dims
     batch = BATCH_SIZE[fp.spatial_dims]
-    patch, depth, features = plan_patch_and_depth(shape, spacing, device, batch, fp.channels)
+    patch, kernels, features = plan_patch_and_depth(shape, spacing, device, batch, fp.channels)
     label_names = [fp.labels[k] for k in sorted(fp.labels, key=int)]
     num_classes = max(int(k) for k in fp.labels) + 1
-    seconds = timer(network, fp.spatial_dims, fp.channels, num_classes, features.value, patch.value, batch, device)
+    seconds = timer(network, fp.spatial_dims, fp.channels, num_classes, features.value, patch.value, batch, device,
+                    pool_sizes=kernels.value)
     epochs = plan_epochs(budget_minutes, seconds, _iterations_per_epoch(fp.num_cases_total, batch))
     normalisation = plan_normalisation(fp.modality, fp.foreground_intensity)
     mirror = plan_mirror_axes(label_names[1:], fp.spatial_dims)
+    roi = plan_roi(fp.roi_threshold if fp.has_roi else None)
     modality = sorted({modality_kind(v) for v in fp.modality.values()})
     return BundlePlan(
         name=name, dataset_dir=fp.root, network=network, device=device, spatial_dims=fp.spatial_dims,
         in_channels=fp.channels, num_classes=num_classes, class_names=label_names[1:],
         channel_names=[fp.modality.get(str(c), f"channel {c}") for c in range(fp.channels)],
-        modality="+".join(m for m in modality if m), pixdim=pixdim, patch_size=patch.value, depth=depth.value,
+        modality="+".join(m for m in modality if m), pixdim=pixdim, patch_size=patch.value, depth=len(kernels.value),
+        pool_sizes=kernels.value,
         features=features.value, normalisation=normalisation.value, mirror_axes=mirror.value, epochs=epochs.value,
-        batch_size=batch, seconds_per_iteration=seconds, budget_minutes=budget_minutes,
-        rules=[spacing_rule, patch, depth, features, normalisation, mirror, epochs],
+        batch_size=batch, seconds_per_iteration=seconds, budget_minutes=budget_minutes, roi=roi.value,
+        rules=[spacing_rule, patch, kernels, features, normalisation, mirror, roi, epochs],
     )

@@ -66,6 +66,16 @@ Every command of the hand-written bundles works (`--resume true`, `--validate_da
 `--dataset_dir`, `--epochs`, `--device`): the configs are `bundles/hippocampus`'s with the planned values."""
 
 
+def _roi_layout(plan: BundlePlan) -> str:
+    """The ROI masks' part of the data layout sentence (empty without them)."""
+    if not plan.roi:
+        return ""
+    estimate = ("estimated from the image when a case comes without one" if plan.roi["fov_threshold"] is not None
+                else "not estimated: cases without one are predicted over the whole image")
+    return (", and a `roi` mask per case: loss, normalisation and validation Dice inside it, predictions background "
+            f"outside it; at inference {estimate}, see the plan table")
+
+
 def planned_readme(plan: BundlePlan, fp: DatasetFingerprint, output: Path) -> str:
     """Markdown text of ``<output>/README.md``."""
     out = str(output)
@@ -82,7 +92,7 @@ data set's fingerprint by `unetzoo plan` (`monai_unetzoo.planning`). Research us
 
 ## Data
 
-Data set: `{fp.root}` (MSD layout: `dataset.json`, `imagesTr/`, `labelsTr/`); {VAL_SPLIT} The full fingerprint
+Data set: `{fp.root}` (MSD layout: `dataset.json`, `imagesTr/`, `labelsTr/`{_roi_layout(plan)}); {VAL_SPLIT} The full fingerprint
 (per case: shape, spacing, orientation, foreground intensity percentiles per channel, class volumes) is in
 `metadata.json` under `fingerprint`.
 

@@ -15,14 +15,12 @@ rule says so.
 2. **Patch size and depth** (:func:`plan_patch_and_depth`): start from the median shape at the target spacing
    (nnU-Net: the patch should cover as much context as possible, ideally a whole median case) and shrink the axis
    whose physical extent is largest, one pooling step at a time, until the estimated training memory
-   (:func:`estimate_training_bytes`) of a batch fits the device's budget (:data:`MEMORY_BUDGET_BYTES`). The number
-   of poolings per axis is nnU-Net's: halve while the feature map stays >= :data:`MIN_FEATURE_MAP` voxels, and
-   never pool an axis whose spacing is more than twice the finest current spacing (the coarse axis of anisotropic
-   data is pooled only once the others have caught up). Our networks pool every axis together (kernel 2) at every
-   level, so the network depth is the largest per-axis count (at most :data:`MAX_DEPTH`, and at most what keeps
-   one voxel of the shortest axis at the bottleneck); axes with fewer nnU-Net poolings are pooled further than
-   nnU-Net would (the decoder pads odd sizes back, :func:`~monai_unetzoo.networks.pad_to_match`), and each patch
-   axis is rounded up to a multiple of 2**(its poolings).
+   (:func:`estimate_training_bytes`) of a batch fits the device's budget (:data:`MEMORY_BUDGET_BYTES`). The pooling
+   is nnU-Net v2's (:func:`pool_kernels`): per level a kernel of 2 on the axes whose feature map stays >=
+   :data:`MIN_FEATURE_MAP` voxels and whose spacing is less than twice the finest (the coarse axis of anisotropic
+   data is pooled only once the others have caught up), 1 on the others, at most :data:`MAX_DEPTH` levels; the
+   networks take these kernels (``pool_sizes``) and each patch axis is rounded up to a multiple of 2**(its
+   poolings).
 3. **Features** (:func:`plan_features`): nnU-Net's 32 base filters doubling per level, capped at 320 (3D) / 512
    (2D); on CPU 16 base filters (as our hand-written CPU bundles) -- half the compute per voxel.
 4. **Normalisation** (:func:`plan_normalisation`): CT is quantitative (Hounsfield units), so every case gets the
@@ -32,7 +30,15 @@ rule says so.
 5. **Mirroring** (:func:`plan_mirror_axes`): nnU-Net mirrors along every axis. A flip swaps the sides of the
    anatomy, so a label whose name says left/right is never mirrored across axis 0 (the R-L axis of RAS) and one
    saying anterior/posterior never across axis 1 (A-P); 2D images: axis 0 is the width, axis 1 the height.
-6. **Epochs** (:func:`plan_epochs`): from the CPU/GPU-minute budget and a timing run of a few training iterations
+6. **Region of interest** (:func:`plan_roi`), only where ``dataset.json`` gives every case a ``"roi"`` mask (a
+   fundus field of view, a scanner's reconstruction circle): handled as the DRIVE bundle handles its FOV -- the
+   z-score statistics are taken inside it, the loss ignores everything outside it (nnU-Net's ignore label, Isensee
+   et al., "Extending nnU-Net is all you need", 2023), validation Dice is counted inside it and predictions are
+   background outside it. A case predicted without a mask gets one estimated from the image (``EstimateFovMaskd``,
+   the DRIVE bundle's estimate) with the threshold on the brightest channel that best recovers the training masks
+   (highest mean Dice), if even its worst case reaches :data:`ROI_ESTIMATE_MIN_DICE`; otherwise none is estimated
+   and such a case is normalised and predicted over the whole image (the README says which).
+7. **Epochs** (:func:`plan_epochs`): from the CPU/GPU-minute budget and a timing run of a few training iterations
    of the planned network and patch on this machine (:mod:`.timing`); 80% of the budget is spent on training
    iterations, the rest on validation and data loading.
 """
@@ -54,6 +60,7 @@ __all__ = [
     "PlanningRule",
     "modality_kind",
     "plan_target_spacing",
+    "pool_kernels",
     "pools_per_axis",
     "estimate_training_bytes",
     "plan_features",
@@ -61,6 +68,9 @@ __all__ = [
     "plan_normalisation",
     "plan_mirror_axes",
     "plan_epochs",
+    "plan_roi",
+    "ROI_IGNORE_INDEX",
+    "ROI_ESTIMATE_MIN_DICE",
 ]
 
 #: nnU-Net's anisotropy threshold (ExperimentPlanner.anisotropy_threshold = 3).
@@ -73,6 +83,10 @@ MAX_DEPTH = 5
 #: GiB usable with cuDNN workspaces); on CPU the limit is time, not memory, so a smaller budget keeps an
 #: iteration to about a second on a few cores.
 MEMORY_BUDGET_BYTES = {"cuda": 6 * 2 ** 30, "cpu": 2 ** 30}
+#: Label value outside the ROI during training (``PrepareBatchWithROI`` / ``MaskedDiceCELoss``, as the DRIVE bundle).
+ROI_IGNORE_INDEX = 255
+#: Worst-case Dice between the thresholded image and a training mask for the planned inference to estimate ROIs.
+ROI_ESTIMATE_MIN_DICE = 0.95
 #: Share of the budget spent on training iterations.
 TRAINING_SHARE = 0.8
 
@@ -122,20 +136,36 @@ def plan_target_spacing(spacings: np.ndarray, shapes: np.ndarray) -> PlanningRul
     return PlanningRule("target spacing (mm)", [round(float(v), 5) for v in target], reason)
 
 
-def pools_per_axis(patch: Sequence[int], spacing: Sequence[float]) -> list[int]:
-    """nnU-Net's pooling count per axis: pool all axes whose spacing is within 2x of the finest current spacing
-    and whose feature map stays >= MIN_FEATURE_MAP after halving; repeat (the current spacing doubles per pool)."""
+def pool_kernels(patch: Sequence[int], spacing: Sequence[float]) -> list[list[int]]:
+    """nnU-Net v2's pooling plan (``get_pool_and_conv_props``): one kernel per level, 2 or 1 per axis.
+
+    Per level, pool the axes whose feature map is still >= 2 * MIN_FEATURE_MAP voxels and whose current spacing is
+    less than twice the finest current spacing of those axes (so a coarse axis waits until the others have caught
+    up); a level that would pool one axis alone needs it >= 3 * MIN_FEATURE_MAP. Pooled axes double their spacing
+    and halve (ceil) their size. Stops when nothing can be pooled or after :data:`MAX_DEPTH` levels (nnU-Net has no
+    level cap; ours keeps CPU networks shallow).
+    """
     size, current = [float(p) for p in patch], [float(s) for s in spacing]
-    pools = [0] * len(size)
-    while True:
-        finest = min(current)
-        axes = [i for i in range(len(size)) if current[i] <= 2 * finest and size[i] / 2 >= MIN_FEATURE_MAP]
-        if not axes or max(pools) >= MAX_DEPTH:
-            return pools
-        for i in axes:
-            size[i] /= 2
+    kernels: list[list[int]] = []
+    while len(kernels) < MAX_DEPTH:
+        valid = [i for i in range(len(size)) if size[i] >= 2 * MIN_FEATURE_MAP]
+        if not valid:
+            break
+        finest = min(current[i] for i in valid)
+        valid = [i for i in valid if current[i] / finest < 2]
+        if len(valid) == 1 and size[valid[0]] < 3 * MIN_FEATURE_MAP:
+            break
+        kernels.append([2 if i in valid else 1 for i in range(len(size))])
+        for i in valid:
             current[i] *= 2
-            pools[i] += 1
+            size[i] = math.ceil(size[i] / 2)
+    return kernels
+
+
+def pools_per_axis(patch: Sequence[int], spacing: Sequence[float]) -> list[int]:
+    """How often :func:`pool_kernels` pools each axis."""
+    kernels = pool_kernels(patch, spacing)
+    return [sum(k[i] == 2 for k in kernels) for i in range(len(patch))]
 
 
 def estimate_training_bytes(patch: Sequence[int], features: Sequence[int], batch_size: int, in_channels: int) -> int:
@@ -144,7 +174,7 @@ def estimate_training_bytes(patch: Sequence[int], features: Sequence[int], batch
     Per level l (size patch / 2**l, f_l channels): encoder and decoder each keep about 6 activation maps of f_l
     channels for the backward pass (two convolutions, their norms and activations), the decoder one more for the
     concatenated skip; x2 for the gradients. A rule of thumb, not a measurement: it ranks patch sizes, and the
-    timing run (rule 6) measures the real cost.
+    timing run (rule 7) measures the real cost.
     """
     voxels = float(np.prod(patch))
     dims = len(patch)
@@ -163,23 +193,24 @@ def plan_features(depth: int, spatial_dims: int, device: str) -> PlanningRule:
     return PlanningRule("features", feats, f"{why}, doubling per level, capped at {cap} (nnU-Net)")
 
 
-def _depth_and_round(patch: Sequence[int], spacing: Sequence[float]) -> tuple[int, list[int], list[int]]:
-    """(depth, per-axis pools, patch rounded up per axis to a multiple of 2**min(pools, depth))."""
-    pools = pools_per_axis(patch, spacing)
-    fits = int(math.floor(math.log2(max(min(patch), 2))))  # every axis keeps >= 1 voxel at the bottleneck
-    depth = max(1, min(max(pools), fits, MAX_DEPTH))
-    steps = [2 ** max(1, min(p, depth)) for p in pools]
-    return depth, pools, [int(math.ceil(p / s) * s) for p, s in zip(patch, steps)]
+def _kernels_and_round(patch: Sequence[int], spacing: Sequence[float]) -> tuple[list[list[int]], list[int]]:
+    """(per-level pooling kernels, patch rounded up per axis to a multiple of 2**(its poolings), nnU-Net's
+    ``pad_shape``); at least one level (all axes pooled) for a patch too small for any."""
+    kernels = pool_kernels(patch, spacing) or [[2] * len(patch)]
+    pools = [sum(k[i] == 2 for k in kernels) for i in range(len(patch))]
+    return kernels, [int(math.ceil(p / 2 ** n) * 2 ** n) for p, n in zip(patch, pools)]
 
 
 def plan_patch_and_depth(median_shape: Sequence[float], spacing: Sequence[float], device: str, batch_size: int,
                          in_channels: int) -> tuple[PlanningRule, PlanningRule, PlanningRule]:
-    """Rules 2 and 3: (patch size, depth with per-axis pools, features) for the median shape at ``spacing``."""
+    """Rules 2 and 3: (patch size, pooling kernels per level -- the depth is their number --, features) for the
+    median shape at ``spacing``."""
     patch = [max(MIN_FEATURE_MAP * 2, int(round(s))) for s in median_shape]
     budget = MEMORY_BUDGET_BYTES["cuda" if device.startswith("cuda") else "cpu"]
     while True:
-        depth, pools, rounded = _depth_and_round(patch, spacing)
-        features = plan_features(depth, len(patch), device)
+        kernels, rounded = _kernels_and_round(patch, spacing)
+        pools = [sum(k[i] == 2 for k in kernels) for i in range(len(patch))]
+        features = plan_features(len(kernels), len(patch), device)
         need = estimate_training_bytes(rounded, features.value, batch_size, in_channels)
         extent = [p * s if p > 2 * MIN_FEATURE_MAP else -1.0 for p, s in zip(patch, spacing)]
         axis = int(np.argmax(extent))
@@ -191,10 +222,11 @@ def plan_patch_and_depth(median_shape: Sequence[float], spacing: Sequence[float]
            "fits" if shrunk else ", which fits") + f" the {budget / 2 ** 30:g} GiB {device} budget "
            f"(estimated {need / 2 ** 30:.2f} GiB for batch {batch_size}), each axis rounded up to a multiple of "
            "2**(its poolings)")
-    depth_rule = PlanningRule("depth (poolings)", depth,
-                              f"per-axis poolings {pools} (nnU-Net: halve while >= {MIN_FEATURE_MAP} voxels, skip axes "
-                              "coarser than 2x the finest); our networks pool all axes at every level, so the "
-                              "largest count, limited to what the shortest axis allows")
+    depth_rule = PlanningRule("pooling kernels per level", kernels,
+                              f"nnU-Net v2's pooling plan: {len(kernels)} levels, per-axis poolings {pools} (an axis is "
+                              f"pooled while >= {2 * MIN_FEATURE_MAP} voxels and less than 2x the finest spacing; at "
+                              f"most {MAX_DEPTH} levels); convolutions stay 3 wide on every axis (nnU-Net uses 1 along "
+                              "a coarse axis at the first levels)")
     return PlanningRule("patch size (voxels)", rounded, why), depth_rule, features
 
 
@@ -234,10 +266,32 @@ def plan_mirror_axes(label_names: Sequence[str], spatial_dims: int) -> PlanningR
 
 
 def plan_epochs(budget_minutes: float, seconds_per_iteration: float, iterations_per_epoch: int) -> PlanningRule:
-    """Rule 6: epochs that fit ``TRAINING_SHARE`` of the budget at the measured speed (at least 1)."""
+    """Rule 7: epochs that fit ``TRAINING_SHARE`` of the budget at the measured speed (at least 1)."""
     iterations = TRAINING_SHARE * budget_minutes * 60.0 / max(seconds_per_iteration, 1e-6)
     epochs = max(1, int(iterations // max(iterations_per_epoch, 1)))
     return PlanningRule("epochs", epochs,
                         f"{TRAINING_SHARE:.0%} of {budget_minutes:g} min at {seconds_per_iteration:.3f} s per "
                         f"training iteration (timing run on this machine), {iterations_per_epoch} iterations per "
                         "epoch")
+
+
+def plan_roi(threshold: dict[str, float] | None) -> PlanningRule:
+    """Rule 6 from the fingerprint's :func:`~.fingerprint.best_roi_threshold` (None: the data set has no ROI masks).
+
+    value: None, or ``{"key": "roi", "ignore_index": ROI_IGNORE_INDEX, "fov_threshold": t or None}``.
+    """
+    if threshold is None:
+        return PlanningRule("region of interest", None, "no roi masks in dataset.json: the whole image is used")
+    value = {"key": "roi", "ignore_index": ROI_IGNORE_INDEX, "fov_threshold": None}
+    why = ("roi masks given for every case: z-score inside the ROI, loss and validation Dice inside it, predictions "
+           "background outside it (the DRIVE bundle's FOV handling)")
+    agreement = (f"Dice with the training cases' masks {threshold['mean_dice']:.4f} mean, "
+                 f"{threshold['min_dice']:.4f} worst")
+    if threshold["min_dice"] >= ROI_ESTIMATE_MIN_DICE:
+        value["fov_threshold"] = round(threshold["threshold"], 4)
+        why += (f"; a case without a mask gets one estimated from the image: brightest channel > "
+                f"{value['fov_threshold']:g} ({agreement}), largest component, holes filled")
+    else:
+        why += (f"; no threshold recovers the masks (best: {agreement} < {ROI_ESTIMATE_MIN_DICE}), so a case "
+                "predicted without a mask is normalised and predicted over the whole image")
+    return PlanningRule("region of interest", value, why)

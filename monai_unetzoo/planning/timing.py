@@ -22,11 +22,13 @@ __all__ = ["time_training_iteration"]
 def time_training_iteration(
     network_name: str, spatial_dims: int, in_channels: int, num_classes: int, features: Sequence[int],
     patch_size: Sequence[int], batch_size: int, device: str = "cpu", iterations: int = 2,
+    pool_sizes: Sequence[Sequence[int]] | None = None,
 ) -> float:
     """Mean wall-clock seconds of ``iterations`` training steps on a random (B, C_in, *patch_size) batch.
 
     The network is built from the registry (:func:`monai_unetzoo.networks.get_network`) with the planned bundles'
-    settings (instance norm, transposed-convolution up-sampling); the labels are random classes (B, 1, *patch).
+    settings (instance norm, transposed-convolution up-sampling, the planned ``pool_sizes``); the labels are random
+    classes (B, 1, *patch).
     """
     from monai.losses import DiceCELoss
 
@@ -35,7 +37,8 @@ def time_training_iteration(
 
     dev = torch.device(device)
     net = get_network(network_name, spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes,
-                      features=list(features), norm=("instance", {"affine": True}), upsample="deconv")
+                      features=list(features), norm=("instance", {"affine": True}), upsample="deconv",
+                      pool_sizes=pool_sizes)
     layout = torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
     net = net.to(dev, memory_format=layout)
     forward = AutocastForwardInferer(amp="auto", channels_last=True)

@@ -6,8 +6,9 @@ predict`` -- through the same package code, "only the JSON differs". Starting fr
 configs (:data:`TEMPLATE_BUNDLE`, read from the checkout) keeps every handler, the checkpoint/resume wiring and the
 ``BundleCaseStep`` inference in step with them, including future fixes; the writer replaces only what the plan
 decides: the data folder, classes, channels, spacing, patch, network, normalisation, flips, epochs, batch size,
-and for 2D images the loader (``PILReader`` without index reversal, as the DRIVE bundle) and the dropped
-reorientation/resampling. Output (flat layout, :mod:`monai_unetzoo.bundle_checks`)::
+for 2D images the loader (``PILReader`` without index reversal, as the DRIVE bundle) and the dropped
+reorientation/resampling, and with ROI masks the DRIVE bundle's ROI handling (normalisation, loss and Dice inside the
+ROI, the ROI estimated at inference). Output (flat layout, :mod:`monai_unetzoo.bundle_checks`)::
 
     <output>/metadata.json  train.json  evaluate.json  inference.json  multi_gpu_train.json  onnx_export.json
              logging.conf  LICENSE  README.md
@@ -37,6 +38,8 @@ TEMPLATE_BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "hippocampus
 PLANNED_VERSION = "0.1.0"
 _COPIED = ("multi_gpu_train.json", "logging.conf", "LICENSE")
 _LOADER_2D = {"reader": "PILReader", "reverse_indexing": False}
+#: Data key of the region-of-interest mask (dataset.json ``"roi"``, the DRIVE bundle's key).
+ROI_KEY = "roi"
 
 
 def _template(name: str) -> dict[str, Any]:
@@ -45,36 +48,63 @@ def _template(name: str) -> dict[str, Any]:
 
 def _normalise_transform(plan: BundlePlan) -> dict[str, Any]:
     """CT: ``ScaleIntensityRanged`` mapping [lo, hi] onto [(lo - m) / s, (hi - m) / s] with clipping -- exactly
-    ``(clip(x, lo, hi) - m) / s``; otherwise ``NormalizeIntensityd`` per channel."""
+    ``(clip(x, lo, hi) - m) / s``; otherwise ``NormalizeIntensityd`` per channel, or with an ROI
+    ``FovStandardizeIntensityd`` (statistics inside the ROI, 0 outside; the whole image where a case has none)."""
     norm = plan.normalisation
     if norm["scheme"] == "ct":
         (lo, hi), m, s = norm["clip"], norm["mean"], norm["std"]
         return {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": lo, "a_max": hi,
                 "b_min": (lo - m) / s, "b_max": (hi - m) / s, "clip": True}
+    if plan.roi:
+        return {"_target_": "monai_unetzoo.transforms.FovStandardizeIntensityd", "keys": "image",
+                "mask_key": ROI_KEY}
     return {"_target_": "NormalizeIntensityd", "keys": "image", "nonzero": False, "channel_wise": True}
 
 
+def _with_roi(plan: BundlePlan, keys: list[str]) -> list[str]:
+    """``keys`` plus the ROI key where the plan has one."""
+    return [*keys, ROI_KEY] if plan.roi else list(keys)
+
+
+def _roi_steps(plan: BundlePlan, training: bool) -> list[dict[str, Any]]:
+    """Inference without a mask file: the planned ``EstimateFovMaskd`` (if any); then the mask binarised."""
+    steps = []
+    if not training and plan.roi.get("fov_threshold") is not None:
+        steps.append({"_target_": "monai_unetzoo.transforms.EstimateFovMaskd", "keys": ROI_KEY, "image_key": "image",
+                      "threshold": plan.roi["fov_threshold"]})
+    return steps + [{"_target_": "Lambdad", "keys": ROI_KEY, "func": "$lambda x: (x > 0).float()",
+                     "allow_missing_keys": not training}]
+
+
 def planned_load_transforms(plan: BundlePlan, keys: list[str]) -> list[dict[str, Any]]:
-    """Load, channel-first, float32, (3D: RAS + target spacing), normalisation -- for ``keys`` (image[, label])."""
-    load = {"_target_": "LoadImaged", "keys": keys, "image_only": True}
+    """Load, channel-first, float32, (3D: RAS + target spacing), normalisation -- for ``keys`` (image[, label]),
+    and the ROI mask where the plan has one (required in training, optional -- estimated or absent -- otherwise)."""
+    training = "label" in keys
+    keys = _with_roi(plan, keys)
+    load = {"_target_": "LoadImaged", "keys": keys, "image_only": True, "allow_missing_keys": not training}
     if plan.spatial_dims == 2:
         load.update(_LOADER_2D)
-    steps = [load, {"_target_": "EnsureChannelFirstd", "keys": keys},
+    steps = [load, {"_target_": "EnsureChannelFirstd", "keys": keys, "allow_missing_keys": not training},
              {"_target_": "EnsureTyped", "keys": "image", "dtype": "$torch.float32"}]
     if plan.pixdim is not None:
-        modes = ["bilinear", "nearest"][: len(keys)]
-        steps += [{"_target_": "Orientationd", "keys": keys, "axcodes": "RAS", "labels": None},
+        modes = ["bilinear", "nearest", "nearest"][: len(keys)]
+        steps += [{"_target_": "Orientationd", "keys": keys, "axcodes": "RAS", "labels": None,
+                   "allow_missing_keys": not training},
                   {"_target_": "Spacingd", "keys": keys, "pixdim": plan.pixdim,
-                   "mode": modes if len(keys) > 1 else modes[0]}]
+                   "mode": modes if len(keys) > 1 else modes[0], "allow_missing_keys": not training}]
+    if plan.roi:
+        steps += _roi_steps(plan, training)
     return steps + [_normalise_transform(plan)]
 
 
 def _random_transforms(plan: BundlePlan) -> list[dict[str, Any]]:
-    """The hippocampus bundle's augmentation with one ``RandFlipd`` per planned mirror axis."""
-    keys, nd = ["image", "label"], plan.spatial_dims
+    """The hippocampus bundle's augmentation with one ``RandFlipd`` per planned mirror axis (the ROI moves with
+    the label)."""
+    keys, nd = _with_roi(plan, ["image", "label"]), plan.spatial_dims
+    modes = ["bilinear", "nearest", "nearest"][: len(keys)]
     steps = [{"_target_": "RandSpatialCropd", "keys": keys, "roi_size": "@patch_size", "random_size": False},
              {"_target_": "RandAffined", "keys": keys, "prob": 0.3, "rotate_range": [0.26] * (3 if nd == 3 else 1),
-              "scale_range": [0.15] * nd, "mode": ["bilinear", "nearest"], "padding_mode": "zeros"}]
+              "scale_range": [0.15] * nd, "mode": modes, "padding_mode": "zeros"}]
     steps += [{"_target_": "RandFlipd", "keys": keys, "prob": 0.5, "spatial_axis": a} for a in plan.mirror_axes]
     return steps + [
         {"_target_": "RandScaleIntensityd", "keys": "image", "factors": 0.1, "prob": 0.5},
@@ -87,6 +117,7 @@ def _network_def(plan: BundlePlan) -> dict[str, Any]:
     target = {"resunet": "ResUNet", "unet": "ClassicUNet", "unetpp": "UNetPlusPlus"}[plan.network]
     return {"_target_": f"monai_unetzoo.networks.{target}", "spatial_dims": plan.spatial_dims,
             "in_channels": plan.in_channels, "out_channels": "@num_classes", "features": plan.features,
+            "pool_sizes": plan.pool_sizes,
             "norm": ["instance", {"affine": True}], "upsample": "deconv"}
 
 
@@ -100,6 +131,27 @@ def _shared_values(plan: BundlePlan, output: Path) -> dict[str, Any]:
 
 def _replace_in_list(items: list[Any], old: str, new: str) -> list[Any]:
     return [x.replace(old, new) if isinstance(x, str) else x for x in items]
+
+
+def _roi_training(cfg: dict[str, Any], plan: BundlePlan) -> None:
+    """The DRIVE bundle's ROI handling in the template's train.json, in place: the label is the ignore value
+    outside the ROI (``PrepareBatchWithROI``) and the loss skips it (``MaskedDiceCELoss``, the template's DiceCE
+    arguments); validation counts Dice inside the ROI (:func:`_mask_outside_roi_step`)."""
+    ignore = plan.roi["ignore_index"]
+    loss = {k: v for k, v in cfg["loss"].items() if k != "_target_"}
+    cfg["loss"] = {"_target_": "monai_unetzoo.losses.MaskedDiceCELoss", **loss, "ignore_index": ignore}
+    cfg["train"]["prepare_batch"] = {"_target_": "monai_unetzoo.engines.PrepareBatchWithROI", "roi_key": ROI_KEY,
+                                     "ignore_index": ignore}
+    cfg["train"]["trainer"]["prepare_batch"] = "@train#prepare_batch"
+    cfg["train"]["deterministic_transforms"][0]["keys"] = _with_roi(plan, ["image", "label"])
+    cfg["validate"]["postprocessing"]["transforms"].append(_mask_outside_roi_step())
+    cfg["data_check_options"]["require_roi"] = True
+
+
+def _mask_outside_roi_step() -> dict[str, Any]:
+    """After one-hot ``AsDiscreted``: prediction and label are 0 in every channel outside the ROI, so MONAI's Dice,
+    HD95 and surface Dice without background count only the inside (what the ROI metrics of the DRIVE bundle do)."""
+    return {"_target_": "MaskIntensityd", "keys": ["pred", "label"], "mask_key": ROI_KEY}
 
 
 def planned_train_config(plan: BundlePlan, output: Path) -> dict[str, Any]:
@@ -120,6 +172,8 @@ def planned_train_config(plan: BundlePlan, output: Path) -> dict[str, Any]:
         checks["loader_kwargs"] = dict(_LOADER_2D)
     cfg["load_transforms"] = planned_load_transforms(plan, ["image", "label"])
     cfg["train"]["random_transforms"] = _random_transforms(plan)
+    if plan.roi:
+        _roi_training(cfg, plan)
     return cfg
 
 
@@ -146,6 +200,8 @@ def planned_evaluate_config(plan: BundlePlan) -> dict[str, Any]:
     cfg["save_predictions"] = plan.spatial_dims == 3
     cfg["evaluating"] = _replace_in_list(cfg["evaluating"], "getLogger('hippocampus')",
                                          f"getLogger({plan.name!r})")
+    if plan.roi:
+        cfg["postprocessing_steps"].append(_mask_outside_roi_step())
     return cfg
 
 
@@ -157,10 +213,11 @@ def _onnx_config(plan: BundlePlan) -> dict[str, Any]:
 
 
 def _tensor_format(plan: BundlePlan, channels: int, channel_def: dict[str, str], kind: str) -> dict[str, Any]:
-    step = 2 ** (plan.depth + 1)  # 2**depth would allow a 1-voxel bottleneck at n=1 (instance norm fails)
+    # per axis 2**(its poolings + 1): 2**poolings would allow a 1-voxel bottleneck at n=1 (instance norm fails)
+    steps = [2 ** (sum(k[i] == 2 for k in plan.pool_sizes) + 1) for i in range(plan.spatial_dims)]
     return {"type": "image", "format": kind, "modality": "CT" if plan.modality == "ct" else
             ("MR" if plan.modality == "mr" else "light"), "num_channels": channels,
-            "spatial_shape": [f"{step}*n"] * plan.spatial_dims, "dtype": "float32", "value_range": [],
+            "spatial_shape": [f"{step}*n" for step in steps], "dtype": "float32", "value_range": [],
             "is_patch_data": True, "channel_def": channel_def}
 
 
