@@ -108,7 +108,7 @@ def read_probability(folder: Path, case_id: str) -> np.ndarray:
     """The vessel probability map ``unetzoo predict --save-probabilities`` wrote for ``case_id`` (H, W)."""
     import tifffile
 
-    found = sorted(folder.rglob(f"{case_id}_prob.tif*"))
+    found = sorted(folder.rglob(f"{case_id}_prob.tif"))  # <input stem>_prob<input suffix>
     if len(found) != 1:
         raise FileNotFoundError(f"{folder}: expected one probability map for {case_id}, found {found}")
     prob = np.asarray(tifffile.imread(found[0]), dtype=np.float32)

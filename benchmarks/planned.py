@@ -126,9 +126,8 @@ def drive(args: argparse.Namespace, work: Path) -> dict:
     _run([sys.executable, "-m", "unetzoo_cli", "predict", "--bundle", str(bundle), "--checkpoint",
           str(models / "model_last.pt"), "--input", str(images), "--output", str(pred), "--threads", str(args.threads),
           "--no-preview", "--quiet"])
-    found = {d["case_id"]: sorted(pred.rglob(f"{d['case_id']}_seg.*")) for d in val}
-    planned = {"dice": _peers.score_fov_files([(found[d["case_id"]][0], Path(d["label"]), Path(d["roi"]))
-                                                for d in val]),
+    triples = [(_peers.predicted_file(pred, d["case_id"], ".tif"), Path(d["label"]), Path(d["roi"])) for d in val]
+    planned = {"dice": _peers.score_fov_files(triples),
                "plan_s": round(plan_s, 1), "train_s": round(train_s, 1),
                "epochs": json.loads((bundle / "train.json").read_text())["epochs"]}
     peer_args = argparse.Namespace(workdir=work / "handwritten_drive", dataset_dir=DATA / "DRIVE", cores=args.threads)
