@@ -503,6 +503,25 @@ def test_roi_masks_are_planned_as_the_drive_bundle_handles_its_fov(tmp_path):
     assert not seg[_fundus_like(9)[2] == 0].any()  # background wherever the estimated FOV (= the disc) is not
 
 
+def test_bad_roi_masks_are_refused_naming_the_files(tmp_path):
+    """A mask off its image's grid, an empty mask, and masks for only some of the cases."""
+    from PIL import Image
+
+    data = _write_roi_folder(tmp_path / "data", n=3)
+    Image.fromarray(np.ones((20, 30), np.uint8)).save(data / "roisTr" / "c1.png")
+    Image.fromarray(np.zeros((48, 48), np.uint8)).save(data / "roisTr" / "c2.png")
+    with pytest.raises(DatasetFingerprintError) as err:
+        fingerprint_dataset(data)
+    problems = dict(err.value.problems)
+    assert "not one channel on its image's grid" in problems[str(data / "roisTr" / "c1.png")]
+    assert "empty" in problems[str(data / "roisTr" / "c2.png")]
+    content = json.loads((data / "dataset.json").read_text())
+    del content["training"][0]["roi"]
+    (data / "dataset.json").write_text(json.dumps(content))
+    with pytest.raises(MSDDatasetError, match='2 of 3 training cases list a "roi" mask'):
+        fingerprint_dataset(data)
+
+
 def test_plan_for_drive_recovers_its_fov_masks(tmp_path):
     """Real DRIVE as an MSD folder with its FOV masks as ``roi``: the planned inference's ROI estimate, chosen on
     the 20 training images, reproduces the 20 *test* images' own FOV masks (Dice >= 0.99 each, an independent

@@ -175,10 +175,9 @@ def roi_threshold_dice(samples: Sequence[dict[str, Any]], thresholds: Sequence[f
 
 def best_roi_threshold(samples: Sequence[dict[str, Any]], candidates: int = 64) -> dict[str, float]:
     """The threshold on the brightest channel that best recovers the ROIs: the highest mean
-    :func:`roi_threshold_dice` over the cases, among ``candidates`` quantiles of the pooled samples;
-    ``{"threshold", "mean_dice", "min_dice"}`` (what the planned inference's ``EstimateFovMaskd`` uses; its
-    largest-component and hole filling only add to the agreement). Candidates: ``candidates`` quantiles of the
-    pooled samples and as many evenly spaced values between their extremes."""
+    :func:`roi_threshold_dice` over the cases among ``candidates`` quantiles of the pooled samples and as many
+    evenly spaced values between their extremes; ``{"threshold", "mean_dice", "min_dice"}`` (what the planned
+    inference's ``EstimateFovMaskd`` uses; its largest-component and hole filling only add to the agreement)."""
     pooled = np.concatenate([np.concatenate([s["inside"], s["outside"]]) for s in samples])
     inner = np.linspace(0.0, 1.0, candidates + 2)[1:-1]
     thresholds = np.unique(np.concatenate([np.quantile(pooled, inner), pooled.min() + inner * np.ptp(pooled)]))
