@@ -32,9 +32,9 @@ rule says so.
    saying anterior/posterior never across axis 1 (A-P); 2D images: axis 0 is the width, axis 1 the height.
 6. **Region of interest** (:func:`plan_roi`), only where ``dataset.json`` gives every case a ``"roi"`` mask (a
    fundus field of view, a scanner's reconstruction circle): handled as the DRIVE bundle handles its FOV -- the
-   z-score statistics are taken inside it, the loss ignores everything outside it (nnU-Net's ignore label, Isensee
-   et al., "Extending nnU-Net is all you need", 2023), validation Dice is counted inside it and predictions are
-   background outside it. A case predicted without a mask gets one estimated from the image (``EstimateFovMaskd``,
+   z-score statistics are taken inside it, the loss ignores everything outside it (nnU-Net v2's ``ignore`` label,
+   its documentation/ignore_label.md), validation Dice is counted inside it and predictions are background outside
+   it. A case predicted without a mask gets one estimated from the image (``EstimateFovMaskd``,
    the DRIVE bundle's estimate) with the threshold on the brightest channel that best recovers the training masks
    (highest mean Dice), if even its worst case reaches :data:`ROI_ESTIMATE_MIN_DICE`; otherwise none is estimated
    and such a case is normalised and predicted over the whole image (the README says which).
