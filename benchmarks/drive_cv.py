@@ -28,12 +28,14 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
+import _peers  # noqa: E402  (run helpers and the machine line shared with the peer benchmarks)
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("UNETZOO_DATA_DIR", REPO.parent / "shared" / "data")) / "DRIVE"
@@ -55,15 +57,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def _run(cmd: list, log: Path) -> float:
-    """Run ``cmd`` (output to ``log``) and return its wall time; raise with the log's tail on failure."""
-    print("+", " ".join(map(str, cmd)), flush=True)
+    """``_peers.timed_run`` with this checkout on ``PYTHONPATH``; its wall time in seconds."""
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
-    t0 = time.perf_counter()
-    with open(log, "w") as out:
-        code = subprocess.run([str(c) for c in cmd], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
-    if code:
-        raise RuntimeError(f"{cmd[:3]} failed ({code}); end of {log}:\n" + log.read_text()[-3000:])
-    return time.perf_counter() - t0
+    return _peers.timed_run(cmd, env, log)["seconds"]
 
 
 def fold_validation(fold: int) -> list[dict]:
@@ -119,12 +115,7 @@ def run_fold(args, fold: int) -> dict:
     folder = args.workdir / f"fold{fold}"
     row = {"fold": fold, **train_fold(args, fold, folder)}
     val = fold_validation(fold)
-    images = args.workdir / f"fold{fold}_images"
-    images.mkdir(parents=True, exist_ok=True)
-    for d in val:
-        link = images / f"{d['case_id']}.tif"
-        if not link.exists():
-            link.symlink_to(Path(d["image"]).resolve())
+    images = _peers.link_inputs(val, args.workdir / f"fold{fold}_images", ".tif")
     for tta in (False, True):
         out = args.workdir / f"fold{fold}_pred{'_tta' if tta else ''}"
         seconds = predict(args, folder / "model_last.pt", images, out, tta)
@@ -157,17 +148,10 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
-def machine_line() -> str:
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    from backends import cpu_flags  # model + AVX-512 / AMX flags
-
-    return f"{cpu_flags()} | {os.cpu_count()} CPUs | load {', '.join(f'{x:.1f}' for x in os.getloadavg())}"
-
-
 def main(argv=None) -> dict:
     args = parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
-    machine = machine_line()
+    machine = _peers.machine_line()
     print(machine, flush=True)
     rows = []
     for fold in args.folds:

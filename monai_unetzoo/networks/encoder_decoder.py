@@ -21,8 +21,9 @@ class EncoderDecoderUNet(nn.Module):
     """UNet topology with a pluggable convolution unit.
 
     ``make_block(c_in, c_out)`` builds the unit of every level. Encoder: ``make_block(C_in, f0)``, then per level
-    ``max-pool by pool_sizes[i] -> make_block(f[i], f[i + 1])`` (default 2 on every axis). Decoder (deepest first): up-sample (``SkipUpsampler``), pad to the
-    skip, concatenate ``[skip, up]`` along channels, ``make_block(up_channels + f[i], f[i])``. Head: 1x1 conv.
+    ``max-pool by pool_sizes[i] -> make_block(f[i], f[i + 1])`` (default 2 on every axis). Decoder (deepest
+    first): up-sample by the same factors (``SkipUpsampler``), pad to the skip, concatenate ``[skip, up]`` along
+    channels, ``make_block(up_channels + f[i], f[i])``. Head: 1x1 conv.
 
     Shapes: (B, C_in, S) -> (B, C_out, S) for any spatial size S.
     """

@@ -61,6 +61,7 @@ __all__ = [
     "modality_kind",
     "plan_target_spacing",
     "pool_kernels",
+    "pool_counts",
     "pools_per_axis",
     "estimate_training_bytes",
     "plan_features",
@@ -162,10 +163,14 @@ def pool_kernels(patch: Sequence[int], spacing: Sequence[float]) -> list[list[in
     return kernels
 
 
+def pool_counts(kernels: Sequence[Sequence[int]]) -> list[int]:
+    """How often per-level ``kernels`` (from :func:`pool_kernels`) pool each axis."""
+    return [sum(k[i] > 1 for k in kernels) for i in range(len(kernels[0]))] if kernels else []
+
+
 def pools_per_axis(patch: Sequence[int], spacing: Sequence[float]) -> list[int]:
-    """How often :func:`pool_kernels` pools each axis."""
-    kernels = pool_kernels(patch, spacing)
-    return [sum(k[i] == 2 for k in kernels) for i in range(len(patch))]
+    """How often :func:`pool_kernels` pools each axis (0 per axis where it plans no level)."""
+    return pool_counts(pool_kernels(patch, spacing)) or [0] * len(patch)
 
 
 def estimate_training_bytes(patch: Sequence[int], features: Sequence[int], batch_size: int, in_channels: int) -> int:
@@ -197,8 +202,7 @@ def _kernels_and_round(patch: Sequence[int], spacing: Sequence[float]) -> tuple[
     """(per-level pooling kernels, patch rounded up per axis to a multiple of 2**(its poolings), nnU-Net's
     ``pad_shape``); at least one level (all axes pooled) for a patch too small for any."""
     kernels = pool_kernels(patch, spacing) or [[2] * len(patch)]
-    pools = [sum(k[i] == 2 for k in kernels) for i in range(len(patch))]
-    return kernels, [int(math.ceil(p / 2 ** n) * 2 ** n) for p, n in zip(patch, pools)]
+    return kernels, [int(math.ceil(p / 2 ** n) * 2 ** n) for p, n in zip(patch, pool_counts(kernels))]
 
 
 def plan_patch_and_depth(median_shape: Sequence[float], spacing: Sequence[float], device: str, batch_size: int,
@@ -209,7 +213,7 @@ def plan_patch_and_depth(median_shape: Sequence[float], spacing: Sequence[float]
     budget = MEMORY_BUDGET_BYTES["cuda" if device.startswith("cuda") else "cpu"]
     while True:
         kernels, rounded = _kernels_and_round(patch, spacing)
-        pools = [sum(k[i] == 2 for k in kernels) for i in range(len(patch))]
+        pools = pool_counts(kernels)
         features = plan_features(len(kernels), len(patch), device)
         need = estimate_training_bytes(rounded, features.value, batch_size, in_channels)
         extent = [p * s if p > 2 * MIN_FEATURE_MAP else -1.0 for p, s in zip(patch, spacing)]

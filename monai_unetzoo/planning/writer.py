@@ -29,6 +29,7 @@ from typing import Any
 from .fingerprint import DatasetFingerprint
 from .plan import VAL_FRACTION, BundlePlan
 from .readme import planned_readme
+from .rules import pool_counts
 
 __all__ = ["TEMPLATE_BUNDLE", "PLANNED_VERSION", "planned_load_transforms", "planned_train_config",
            "planned_inference_config", "planned_evaluate_config", "planned_metadata", "write_planned_bundle"]
@@ -214,7 +215,7 @@ def _onnx_config(plan: BundlePlan) -> dict[str, Any]:
 
 def _tensor_format(plan: BundlePlan, channels: int, channel_def: dict[str, str], kind: str) -> dict[str, Any]:
     # per axis 2**(its poolings + 1): 2**poolings would allow a 1-voxel bottleneck at n=1 (instance norm fails)
-    steps = [2 ** (sum(k[i] == 2 for k in plan.pool_sizes) + 1) for i in range(plan.spatial_dims)]
+    steps = [2 ** (n + 1) for n in pool_counts(plan.pool_sizes)]
     return {"type": "image", "format": kind, "modality": "CT" if plan.modality == "ct" else
             ("MR" if plan.modality == "mr" else "light"), "num_channels": channels,
             "spatial_shape": [f"{step}*n" for step in steps], "dtype": "float32", "value_range": [],
