@@ -6,9 +6,11 @@ logits (W, C, *roi)`` that :class:`~monai_unetzoo.inference.SlidingWindowPredict
 
 * ``eager``: the module itself, under the predictor's autocast (the default; needs nothing else).
 * ``compile``: ``torch.compile`` (inductor) of a copy of the network whose weights
-  are cast once to the inference dtype and put channels-last; one graph per window shape, fed a fixed batch
-  (the last, smaller batch of a case is zero-padded) so that nothing recompiles. Inductor's on-disk caches
-  (FX graph, kernels) live in ``<cache>/compile/<key>`` so a second process pays no compile time.
+  are cast once to the inference dtype and put channels-last; one graph per window shape and batch bucket (a batch
+  of W windows is zero-padded to the next power of two, capped at ``sw_batch_size``: at most
+  ``log2(sw_batch_size) + 1`` graphs, and a case of one window -- a Task04 volume is smaller than its window -- runs
+  one window, not ``sw_batch_size``). Inductor's on-disk caches (FX graph, kernels) live in
+  ``<cache>/compile/<key>`` so a second process pays no compile time.
 * ``onnxruntime`` / ``openvino``: the network exported once to ONNX (dynamic batch, fixed window) into
   ``<cache>/<backend>/<key>.onnx`` and run by that runtime on the CPU (onnxruntime in fp32 -- its CPU provider has
   no bf16 convolutions --, OpenVINO in bf16 or fp32 through its inference-precision hint).
@@ -16,9 +18,8 @@ logits (W, C, *roi)`` that :class:`~monai_unetzoo.inference.SlidingWindowPredict
 Why a key and not just the checkpoint's file name: a cached model is reused only when it was made from the same
 weights (the checkpoint's SHA-256, else a hash of the state dict), the same network definition (its ``repr`` and the
 source files of its classes), window, batch, dtype and the same versions of torch, MONAI and the runtime; anything
-else gets a new key, so a changed checkpoint never reuses a stale compiled or exported model. ``auto`` is
-``eager``: the choice by measurement is not made yet (``benchmarks/backends.py`` prints the table it would be made
-from).
+else gets a new key, so a changed checkpoint never reuses a stale compiled or exported model. ``auto`` is chosen
+by measurement on the machine that runs it: :mod:`monai_unetzoo.backend_choice`.
 
 The cache folder is ``$UNETZOO_CACHE_DIR``, else ``$XDG_CACHE_HOME/monai-unetzoo``, else ``~/.cache/monai-unetzoo``.
 """
@@ -41,7 +42,6 @@ __all__ = [
     "BACKENDS",
     "BACKEND_CHOICES",
     "backend_unavailable_reason",
-    "resolve_backend_name",
     "unetzoo_cache_dir",
     "window_model_key",
     "build_window_network",
@@ -78,11 +78,6 @@ def backend_unavailable_reason(name: str) -> str | None:
         return (f"--backend {name} needs {', '.join(missing)}, which is not installed: "
                 f"pip install 'monai-unetzoo[{extra}]' (or use --backend eager)")
     return None
-
-
-def resolve_backend_name(name: str) -> str:
-    """``auto`` -> the backend to use (``eager``: no measured choice is shipped yet); others unchanged."""
-    return "eager" if name == "auto" else name
 
 
 def unetzoo_cache_dir() -> Path:
@@ -165,11 +160,12 @@ def _inference_copy(network: nn.Module, dtype: torch.dtype) -> nn.Module:
 
 
 class CompiledWindowNetwork:
-    """``torch.compile`` of a network for one window shape and batch: ``(W <= batch, C_in, *roi) -> (W, C, *roi)``.
+    """``torch.compile`` of a network for one window shape: ``(W <= batch, C_in, *roi) -> (W, C, *roi)``.
 
-    The windows are cast to the weights' dtype, zero-padded to ``batch`` rows (one graph serves every call; the
-    padded rows are dropped from the output) and fed channels-last. :meth:`warm_up` compiles once, with inductor's
-    caches in ``cache_dir`` (a second process with the same key loads the compiled code from there).
+    The windows are cast to the weights' dtype, zero-padded to :meth:`bucket` ``(W)`` rows (the padded rows are
+    dropped from the output) and fed channels-last; each bucket is its own static graph (``dynamic=False``),
+    compiled the first time a batch of its size comes, with inductor's caches in ``cache_dir`` (a second process
+    with the same key loads the compiled code from there). Only the buckets a run meets are compiled.
     """
 
     def __init__(self, network: nn.Module, window_shape: Sequence[int], batch: int, dtype: torch.dtype,
@@ -178,18 +174,24 @@ class CompiledWindowNetwork:
         self.cache_dir = cache_dir
         self.network = _inference_copy(network, dtype)
         self.compiled = torch.compile(self.network, dynamic=False)
+        self.compiled_buckets: set[int] = set()
+
+    def bucket(self, windows: int) -> int:
+        """Rows a call with ``windows`` windows is padded to: the next power of two, at most ``batch``."""
+        return min(self.batch, 1 << max(0, int(windows) - 1).bit_length())
 
     def _padded(self, window: torch.Tensor) -> torch.Tensor:
-        if tuple(window.shape[1:]) != self.window_shape or window.shape[0] > self.batch:
+        if tuple(window.shape[1:]) != self.window_shape or not 0 < window.shape[0] <= self.batch:
             raise ValueError(f"compiled for windows of {self.window_shape} in batches of <= {self.batch}, got "
                              f"{tuple(window.shape)}")
         x = window.to(self.dtype)
-        if x.shape[0] < self.batch:
-            x = torch.cat([x, x.new_zeros((self.batch - x.shape[0], *self.window_shape))])
+        rows = self.bucket(x.shape[0])
+        if x.shape[0] < rows:
+            x = torch.cat([x, x.new_zeros((rows - x.shape[0], *self.window_shape))])
         return x.contiguous(memory_format=_memory_format(x.ndim))
 
-    def warm_up(self) -> None:
-        """Compile now (inside inference mode, as the predictor calls it), caches in ``cache_dir``.
+    def _compile_call(self, x: torch.Tensor) -> Any:
+        """Call (and so compile) the graph for the bucket of ``x``, with inductor's caches in ``cache_dir``.
 
         Freezing (weights folded into the graph as oneDNN-packed constants) stays off: inductor cannot pickle
         those, so its FX graph cache is bypassed and every process compiles again (measured: 33 s per process with
@@ -199,10 +201,16 @@ class CompiledWindowNetwork:
 
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         with temporary_cache_dir(str(self.cache_dir)), inductor_config.patch(freezing=False), torch.inference_mode():
-            self.compiled(self._padded(torch.zeros((1, *self.window_shape))))
+            out = self.compiled(x)
+        self.compiled_buckets.add(int(x.shape[0]))
+        return out
 
     def __call__(self, window: torch.Tensor) -> torch.Tensor:
-        out = self.compiled(self._padded(window))
+        x = self._padded(window)
+        if x.shape[0] in self.compiled_buckets:
+            out = self.compiled(x)
+        else:
+            out = self._compile_call(x)
         out = out[0] if isinstance(out, (list, tuple)) else out
         return out[: window.shape[0]]
 
@@ -295,9 +303,7 @@ def build_window_network(backend: str, network: nn.Module, *, window_shape: Sequ
     root = cache_root or unetzoo_cache_dir()
     if backend == "compile":
         key = window_model_key(backend, network, weights_sha256, window_shape, batch, dtype)
-        compiled = CompiledWindowNetwork(network, window_shape, batch, dtype, root / "compile" / key)
-        compiled.warm_up()
-        return compiled
+        return CompiledWindowNetwork(network, window_shape, batch, dtype, root / "compile" / key)
     problem = backend_unavailable_reason(backend)
     if problem:
         raise RuntimeError(problem)

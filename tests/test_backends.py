@@ -21,8 +21,10 @@ import numpy as np
 import pytest
 import torch
 
+from monai_unetzoo.backend_choice import MIN_GAIN, auto_backend_candidates, pick_fastest_backend
 from monai_unetzoo.backends import (
     BACKEND_CHOICES,
+    CompiledWindowNetwork,
     backend_unavailable_reason,
     build_window_network,
     window_model_key,
@@ -127,10 +129,10 @@ def test_onnxruntime_refuses_bf16_and_backends_refuse_ensembles(tmp_path):
     with pytest.raises(BundleConfigError, match="onnxruntime computes fp32"):
         PredictionSettings(device="cpu", precision="bf16", backend="onnxruntime").resolve(one)
     assert PredictionSettings(device="cpu", backend="onnxruntime").resolve(one).precision == "fp32"
-    assert PredictionSettings(device="cpu", backend="auto").resolve(one).backend == "eager"
     ensemble = load_prediction_bundle(REPO / "bundles" / "hippocampus", [a, b])
     with pytest.raises(BundleConfigError, match="ensemble"):
         PredictionSettings(device="cpu", backend="compile").resolve(ensemble)
+    assert PredictionSettings(device="cpu", backend="auto").resolve(ensemble).backend == "eager"  # nothing to time
 
 
 def test_a_changed_checkpoint_never_reuses_a_cached_export(tmp_path):
@@ -201,3 +203,72 @@ def test_a_missing_runtime_is_a_usage_error_naming_the_extra(hippocampus_dir, tm
     assert "Traceback" not in proc.stderr
     assert f"--backend {backend} needs {backend}" in proc.stderr and extra in proc.stderr
     assert not list((tmp_path / "out").glob("*_seg*"))
+
+
+def test_compile_pads_a_batch_to_its_power_of_two_bucket(tmp_path):
+    """A case of one window (a Task04 volume is smaller than its window) runs one window, not sw_batch_size:
+    the padded batch is the next power of two, at most the batch; each bucket compiles once and gives eager's
+    values."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv3d(4, 2, 1))
+    compiled = CompiledWindowNetwork(net, (1, 8, 8, 8), batch=16, dtype=torch.float32, cache_dir=tmp_path / "c")
+    assert [compiled.bucket(w) for w in (1, 2, 3, 4, 5, 8, 9, 15, 16)] == [1, 2, 4, 4, 8, 8, 16, 16, 16]
+    with pytest.raises(ValueError, match="batches of <= 16"):
+        compiled(torch.zeros(17, 1, 8, 8, 8))
+    x = torch.randn(3, 1, 8, 8, 8)
+    with torch.inference_mode():
+        for rows in (1, 3, 1):
+            torch.testing.assert_close(compiled(x[:rows]), net.eval()(x[:rows]), rtol=1e-4, atol=1e-5)
+    assert compiled.compiled_buckets == {1, 4}
+
+
+def test_auto_keeps_eager_unless_another_backend_is_clearly_faster():
+    assert pick_fastest_backend({}) == "eager"
+    assert pick_fastest_backend({"eager": 1.0, "openvino": 1.0 - MIN_GAIN / 2}) == "eager"  # within the noise
+    assert pick_fastest_backend({"eager": 1.0, "openvino": 0.7, "onnxruntime": 0.8}) == "openvino"
+    assert pick_fastest_backend({"eager": 0.5, "openvino": 0.7}) == "eager"
+    assert auto_backend_candidates("bf16", torch.device("cuda")) == ["eager"]
+    assert "onnxruntime" not in auto_backend_candidates("bf16", torch.device("cpu"))  # it computes fp32 only
+
+
+@pytest.mark.real_data
+def test_cli_backend_auto_measures_once_then_reuses_its_choice(hippocampus_dir, tmp_path):
+    """``unetzoo predict --backend auto`` on a real Task04 case: the first run times the candidates, prints and
+    stores its choice (each candidate's labels agreeing with eager's); a second run reads the stored choice without
+    measuring (the file is untouched) and writes the same label map as the first; another checkpoint gets a choice
+    of its own."""
+    import json
+
+    import nibabel as nib
+
+    source = hippocampus_dir / "imagesTr" / "hippocampus_004.nii.gz"
+    env = dict(os.environ, UNETZOO_CACHE_DIR=str(tmp_path / "cache"), OMP_NUM_THREADS="2",
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+
+    def run(ckpt: Path, out: str) -> subprocess.CompletedProcess:
+        proc = subprocess.run([UNETZOO, "predict", "--bundle", str(REPO / "bundles" / "hippocampus"), "--checkpoint",
+                               str(ckpt), "--input", str(source), "--output", str(tmp_path / out), "--backend", "auto",
+                               "--threads", "2"], capture_output=True, encoding="utf-8", errors="replace", env=env,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        return proc
+
+    ckpt = seeded_checkpoint("hippocampus", tmp_path)
+    first = run(ckpt, "first")
+    stored = list((tmp_path / "cache" / "auto").glob("*.json"))
+    assert len(stored) == 1
+    choice = json.loads(stored[0].read_text())
+    assert choice["backend"] in choice["seconds"] and set(choice["seconds"]) <= set(BACKENDS_TIMED)
+    assert all(a >= AGREEMENT[choice["precision"]] for a in choice["agreement"].values()), choice
+    assert f"backend {choice['backend']}" in first.stdout + first.stderr
+    assert f"auto -> {choice['backend']} (measured" in first.stdout + first.stderr
+    mtime = stored[0].stat().st_mtime_ns
+    run(ckpt, "second")
+    assert stored[0].stat().st_mtime_ns == mtime
+    labels = [np.asarray(nib.load(str(tmp_path / o / "hippocampus_004_seg.nii.gz")).dataobj) for o in ("first", "second")]
+    np.testing.assert_array_equal(labels[0], labels[1])
+    run(seeded_checkpoint("hippocampus", tmp_path, seed=1), "other")
+    assert len(list((tmp_path / "cache" / "auto").glob("*.json"))) == 2
+
+
+BACKENDS_TIMED = ("eager", "openvino", "onnxruntime")

@@ -324,3 +324,59 @@ def test_training_data_problems_exit_2_with_every_problem_listed(hippocampus_dir
     proc = train()
     assert proc.returncode == 2 and "cannot be parsed as JSON" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "models" / "model.pt").exists()
+
+
+def test_read_ahead_writes_the_same_outputs_and_reports_the_same_failures(checkpoints, volumes, tmp_path):
+    """``--read-ahead`` (the next case read and preprocessed on a second thread) on real Task04 volumes with a
+    truncated file between them: the same label maps byte for byte, the same statuses and the same error naming the
+    bad file as ``--no-read-ahead`` (a read that fails on the worker is reported as a read on the main thread)."""
+    inp = link(tmp_path / "in", volumes[:3])
+    (inp / "b_truncated.nii.gz").write_bytes(volumes[0].read_bytes()[:300])
+    outputs = {}
+    for mode in ("--read-ahead", "--no-read-ahead"):
+        out = tmp_path / mode.strip("-")
+        proc = predict("--checkpoint", str(checkpoints[0]), "--input", str(inp), "--output", str(out), mode)
+        assert proc.returncode == 1, proc.stderr  # one case failed
+        assert json.loads((out / "provenance.json").read_text())["settings"]["read_ahead"] is (mode == "--read-ahead")
+        rows = rows_of(out)
+        outputs[mode] = ({c: (r["status"], r["error"].replace(str(out), "OUT")) for c, r in rows.items()},
+                         {p.name: p.read_bytes() for p in sorted(out.glob("*_seg.nii.gz"))})
+    statuses, files = outputs["--read-ahead"]
+    assert statuses == outputs["--no-read-ahead"][0]
+    assert statuses["b_truncated.nii.gz"][0] == "failed" and "b_truncated.nii.gz" in statuses["b_truncated.nii.gz"][1]
+    assert sorted(s for s, _ in statuses.values()) == ["failed", "ok", "ok", "ok"]
+    assert files == outputs["--no-read-ahead"][1] and len(files) == 3
+
+
+def test_read_ahead_loads_the_next_case_on_its_worker_thread(checkpoints, volumes, tmp_path):
+    """:class:`CaseReadAhead` on the real pipeline: a case asked for ahead is read on the worker thread and its
+    preprocessed image equals a read on this thread; one not asked for is read here; a failed read raises on take."""
+    import threading
+
+    from monai_unetzoo.predict import CasePipeline, PredictionSettings, load_prediction_bundle
+    from monai_unetzoo.predict.discovery import discover_prediction_cases
+    from monai_unetzoo.predict.prefetch import CaseReadAhead
+    from monai_unetzoo.volume_io import ScanReadError
+
+    bundle = load_prediction_bundle(BUNDLE, checkpoints[0])
+    pipeline = CasePipeline(bundle, PredictionSettings(device="cpu", threads=2).resolve(bundle))
+    bad = tmp_path / "truncated.nii.gz"
+    bad.write_bytes(volumes[0].read_bytes()[:300])
+    found = {c.source.name: c for c in discover_prediction_cases([volumes[0], volumes[1], bad], tmp_path / "out")[0]}
+    cases = [found[volumes[0].name], found[volumes[1].name], found[bad.name]]
+    threads = []
+    load = pipeline.load
+    pipeline.load = lambda case: (threads.append(threading.current_thread().name), load(case))[1]
+    reader = CaseReadAhead(pipeline)
+    try:
+        reader.ahead(cases[0])
+        ahead = reader.take(cases[0])
+        here = reader.take(cases[1])
+        reader.ahead(cases[2])
+        with pytest.raises(ScanReadError, match="truncated.nii.gz"):
+            reader.take(cases[2])
+    finally:
+        reader.close()
+    assert threads[0].startswith("unetzoo-read") and threads[1] == threading.current_thread().name
+    np.testing.assert_array_equal(ahead.data["image"].numpy(), load(cases[0]).data["image"].numpy())
+    assert here.grid.spatial_shape == tuple(nib.load(str(volumes[1])).shape)

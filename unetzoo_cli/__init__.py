@@ -150,7 +150,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=_BACKEND_CHOICES, default="eager",
                    help="what runs the network: eager (PyTorch, default), compile (torch.compile, cached on disk), "
                    "onnxruntime (extra [onnx]) or openvino (extra [openvino]), exported once and cached by checkpoint "
-                   "SHA-256 under ~/.cache/monai-unetzoo ($UNETZOO_CACHE_DIR); auto = eager for now")
+                   "SHA-256 under ~/.cache/monai-unetzoo ($UNETZOO_CACHE_DIR); auto = the fastest of eager/openvino/onnxruntime "
+                   "measured for this checkpoint on this machine (once; remembered in that cache)")
     p.add_argument("--amp", action="store_const", const="auto", dest="precision", help="same as --precision auto")
     p.add_argument("--postprocess", default=None, metavar="SPEC",
                    help="label post-processing: none, largest (largest connected component per structure), "
@@ -173,6 +174,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
                    "(STOW-RS); series already holding our SEG of the same checkpoint are skipped")
     p.add_argument("--preview", action=argparse.BooleanOptionalAction, default=True,
                    help="write a preview PNG per case (segmentation over the image) shown in report.html (default: on)")
+    p.add_argument("--read-ahead", action=argparse.BooleanOptionalAction, default=None,
+                   help="read and preprocess the next case on a second thread while this one runs (default: on when "
+                   "the network runs on a GPU)")
     p.add_argument("--quiet", action="store_true", help="no progress bars; print only the final one-line summary")
     _add_plan_parser(sub)
     return parser

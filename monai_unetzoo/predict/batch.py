@@ -22,6 +22,7 @@ import numpy as np
 from ..volume_io import ScanReadError, atomic_output_path, load_scan, remove_stale_temporaries
 from .case import CaseError, CasePipeline, binary_mask_scale, measure_labels, summary_label_columns
 from .discovery import PredictionCase
+from .prefetch import CaseReadAhead
 from .records import OutputRecords
 from .review import BatchReview
 from .settings import PredictionSettings
@@ -152,6 +153,7 @@ class _BatchRecord:
                 "device_requested": self.settings.device,
                 "save_probabilities": self.settings.save_probabilities,
                 "overwrite": self.settings.overwrite,
+                "read_ahead": self.settings.resolved_read_ahead(),
                 "shard": f"{self.settings.shard[0]}/{self.settings.shard[1]}" if self.settings.shard else None,
                 **self.review.provenance(),
                 **self.provenance_extra,
@@ -184,6 +186,17 @@ class _BatchRunner:
         self.guard = BatchSignalGuard()
         pipeline.window_progress = not settings.quiet
         self.current: PredictionCase | None = None
+        self.read_ahead = CaseReadAhead(pipeline, enabled=settings.resolved_read_ahead())
+        self._why: dict[str, str | None] = {}
+
+    def why_not_done(self, case: PredictionCase) -> str | None:
+        """:meth:`OutputRecords.why_not_done`, asked once per case (when reading ahead, and when running it)."""
+        if case.case_id not in self._why:
+            self._why[case.case_id] = self.records.why_not_done(case)
+        return self._why[case.case_id]
+
+    def will_predict(self, case: PredictionCase) -> bool:
+        return case.problem is None and (self.settings.overwrite or self.why_not_done(case) is not None)
 
     def _measure_existing(self, case: PredictionCase, row: dict[str, Any]) -> None:
         try:
@@ -202,7 +215,7 @@ class _BatchRunner:
         for p in (case.output, case.prob_output):
             remove_stale_temporaries(p)
         try:
-            return self.pipeline.predict(case)
+            return self.pipeline.predict(case, self.read_ahead.take(case))
         except (ScanReadError, CaseError) as exc:
             row.update(status="failed", error=str(exc))
         except Exception as exc:
@@ -242,7 +255,7 @@ class _BatchRunner:
 
     def run_case(self, case: PredictionCase) -> dict[str, Any]:
         row, t0, result = self.record.base_row(case), time.perf_counter(), None
-        why = None if case.problem is not None else self.records.why_not_done(case)
+        why = None if case.problem is not None else self.why_not_done(case)
         if case.problem is not None:
             row.update(status=case.problem_status, error=case.problem)
         elif why is None and not self.settings.overwrite:
@@ -277,8 +290,12 @@ class _BatchRunner:
                 self.record.write_provenance(None, end=False)
                 bar = tqdm(total=len(self.record.cases), unit="case", disable=self.settings.quiet, file=sys.stderr,
                            dynamic_ncols=True, desc="Predicting")
-                for case in self.record.cases:
+                cases = list(self.record.cases)
+                for k, case in enumerate(cases):
                     self.current = case
+                    upcoming = next((c for c in cases[k + 1:k + 2] if self.will_predict(c)), None)
+                    if upcoming is not None:  # read while this one is in the windows
+                        self.read_ahead.ahead(upcoming)
                     bar.set_postfix_str(case.case_id, refresh=True)
                     row = self.run_case(case)
                     if row["status"] == "failed" and not self.settings.quiet:
@@ -298,6 +315,7 @@ class _BatchRunner:
                       file=sys.stderr)
             finally:
                 self.guard.stopping = True
+                self.read_ahead.close()
                 if bar is not None:
                     bar.close()
                 with contextlib.suppress(Exception):

@@ -22,7 +22,7 @@ from .postprocess import parse_postprocess
 from .progress import case_window_progress
 from .settings import ResolvedSettings
 
-__all__ = ["CaseError", "CaseResult", "CasePipeline", "label_columns", "binary_mask_scale"]
+__all__ = ["CaseError", "CaseResult", "LoadedCase", "CasePipeline", "label_columns", "binary_mask_scale"]
 
 
 class CaseError(ValueError):
@@ -38,6 +38,20 @@ class CaseResult:
     labels: np.ndarray
     probs: np.ndarray
     image: np.ndarray
+
+
+@dataclass
+class LoadedCase:
+    """A case read, checked and preprocessed, ready for the windows (:meth:`CasePipeline.load`): the loaded ``image``
+    (a MetaTensor, C_in x *spatial, on the input's grid), its ``grid``, a copy of its values (``raw``, for the
+    summary's intensity statistics) and the bundle preprocessing's output dict ``data`` (``image``, maybe ``roi``).
+    ``extra`` carries what a subclass of the pipeline read with it (the DICOM headers)."""
+
+    image: Any
+    grid: ScanGrid
+    raw: np.ndarray
+    data: dict[str, Any]
+    extra: Any = None
 
 
 def binary_mask_scale(bundle: PredictionBundle, grid: ScanGrid) -> int:
@@ -132,7 +146,9 @@ def describe_failure(exc: BaseException) -> str:
 class CasePipeline:
     """Predict cases of one bundle with one set of resolved settings.
 
-    ``pipeline.predict(case)`` -> :class:`CaseResult`; ``pipeline.write(case, result)`` writes the label map (and
+    ``pipeline.predict(case)`` -> :class:`CaseResult` (= ``pipeline.predict(case, pipeline.load(case))``: the
+    read/check/preprocess step is separate so that the batch can run it for the next case on another thread while
+    this one is in the windows, :mod:`.batch`); ``pipeline.write(case, result)`` writes the label map (and
     the probabilities) atomically; ``pipeline.measure(result)`` gives the summary columns. Subclasses writing other
     formats (:class:`~.dicom_output.DicomOutputPipeline`) add ``summary_columns``, ``measure_existing`` (columns of
     an output a previous run wrote; None: measure it as a scan) and ``provenance_extra``.
@@ -194,16 +210,12 @@ class CasePipeline:
                 " (75% of its memory): not attempted"
             )
 
-    def _probabilities(self, case: PredictionCase, image: Any) -> torch.Tensor:
+    def _probabilities(self, case: PredictionCase, loaded: LoadedCase) -> torch.Tensor:
         """Probabilities (C, *loaded spatial shape) on the loaded image's grid."""
         from monai.data import MetaTensor
         from monai.transforms import Invertd
 
-        b = self.bundle
-        try:
-            data = b.preprocessing({"image": image})
-        except Exception as exc:
-            raise CaseError(f"{case.source}: the bundle's preprocessing failed ({describe_failure(exc)})") from exc
+        b, data, image = self.bundle, loaded.data, loaded.image
         x = data["image"]
         batch = (x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x))[None].to(self.device)
         with case_window_progress(self.window_network, self.predictor, batch, case.case_id, self.window_progress) as network:
@@ -234,15 +246,25 @@ class CasePipeline:
         labels = labels.astype(np.uint8 if probs.shape[0] <= 256 else np.uint16, copy=False)
         return self.postprocess(labels, grid.voxel_volume if grid.physical else 1.0)
 
-    def predict(self, case: PredictionCase) -> CaseResult:
-        """Read, check, preprocess, predict, invert and label ``case``; raises ``ScanReadError``/:class:`CaseError`
-        with a message for the summary."""
-        torch.set_num_threads(self.settings.threads)
+    def load(self, case: PredictionCase) -> LoadedCase:
+        """Read, check and preprocess ``case`` (no network; safe on a worker thread); raises
+        ``ScanReadError``/:class:`CaseError` with a message for the summary."""
         image, grid = self._load(case)
         self._check_memory(case, image, grid)
         raw = image.as_tensor().numpy().copy()  # some intensity transforms work in place (NormalizeIntensity)
-        probs = self._probabilities(case, image)
-        return CaseResult(grid, self._labels(probs, grid), probs.numpy(), raw)
+        try:
+            data = self.bundle.preprocessing({"image": image})
+        except Exception as exc:
+            raise CaseError(f"{case.source}: the bundle's preprocessing failed ({describe_failure(exc)})") from exc
+        return LoadedCase(image, grid, raw, data)
+
+    def predict(self, case: PredictionCase, loaded: LoadedCase | None = None) -> CaseResult:
+        """Predict, invert and label ``case`` (read by :meth:`load` first unless ``loaded`` is given); raises
+        ``ScanReadError``/:class:`CaseError` with a message for the summary."""
+        loaded = self.load(case) if loaded is None else loaded
+        torch.set_num_threads(self.settings.threads)
+        probs = self._probabilities(case, loaded)
+        return CaseResult(loaded.grid, self._labels(probs, loaded.grid), probs.numpy(), loaded.raw)
 
     def write(self, case: PredictionCase, result: CaseResult, save_probabilities: bool = False) -> None:
         """Write the label map (and the probabilities, first) of ``case`` on its grid, each atomically."""

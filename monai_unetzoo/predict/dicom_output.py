@@ -26,7 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..volume_io import ScanReadError, atomic_output_path
-from .case import CaseError, CasePipeline, CaseResult, measure_labels
+from .case import CaseError, CasePipeline, CaseResult, LoadedCase, measure_labels
 from .dicom_series import (classify_dicom_cases, datasets_in_grid_order, read_series_headers, series_files,
                            series_header_problem, transfer_syntax_note)
 from .discovery import PredictionCase
@@ -114,17 +114,25 @@ class DicomOutputPipeline(CasePipeline):
             raise CaseError(f"{case.source}: {found[1]}")
         return headers
 
-    def predict(self, case: PredictionCase) -> DicomCaseResult:
-        """:meth:`CasePipeline.predict`, with the series' headers checked first (and a DICOMweb series fetched)."""
+    def load(self, case: PredictionCase) -> LoadedCase:
+        """:meth:`CasePipeline.load`, with the series' headers checked first (and a DICOMweb series fetched); the
+        headers travel in ``extra``."""
         headers = self._series_headers(case) if case.family == "dicom" else None
         try:
-            r = super().predict(case)
+            loaded = super().load(case)
         except ScanReadError as exc:
             note = transfer_syntax_note(headers) if headers is not None else ""
             if note:
                 raise CaseError(f"{case.source}: {note} by the installed DICOM readers ({exc})") from exc
             raise
-        sources = None
+        loaded.extra = headers
+        return loaded
+
+    def predict(self, case: PredictionCase, loaded: LoadedCase | None = None) -> DicomCaseResult:
+        """:meth:`CasePipeline.predict`, with the source slices in grid order for the DICOM writers."""
+        loaded = self.load(case) if loaded is None else loaded
+        r = super().predict(case, loaded)
+        headers, sources = loaded.extra, None
         if headers is not None and self.output_format != "nifti":
             try:
                 sources = datasets_in_grid_order(headers, r.grid)

@@ -25,7 +25,7 @@ __all__ = ["OutputRecords", "RECORDS_FOLDER"]
 RECORDS_FOLDER = Path(".unetzoo") / "records"
 #: Settings that do not change the written result (beyond floating-point summation order) and so do not force a
 #: rerun: where the windows run and on how many threads.
-_SETTINGS_NOT_IN_KEY = ("device", "threads")
+_SETTINGS_NOT_IN_KEY = ("device", "threads", "backend_choice")
 
 
 class OutputRecords:

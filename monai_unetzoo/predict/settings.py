@@ -46,6 +46,15 @@ class PredictionSettings:
     output_format: str = "auto"  # see predict.dicom_output.OUTPUT_FORMATS
     push: bool = False  # store DICOM outputs back on the DICOMweb server of the input
     backend: str = "eager"  # one of monai_unetzoo.backends.BACKEND_CHOICES
+    read_ahead: bool | None = None  # read the next case while this one runs (predict.prefetch); None: on a GPU
+
+    def resolved_read_ahead(self) -> bool:
+        """``read_ahead``, where None means on when the network runs on a GPU (the CPU is free to read). On the
+        CPU a reader thread competes with the network's threads and measured no gain on 2 cores, with 2 threads or
+        with 1 (benchmarks/RESULTS.md), so it is off there unless asked for."""
+        if self.read_ahead is not None:
+            return bool(self.read_ahead)
+        return self.resolved_device().type != "cpu"
 
     def resolved_device(self) -> torch.device:
         if self.device == "auto":
@@ -69,37 +78,64 @@ class PredictionSettings:
                 )
         else:
             tta_axes = None
-        backend, precision = self._backend_and_precision(bundle)
+        backend, precision, choice = self._backend_and_precision(bundle)
         return ResolvedSettings(
             device=str(self.resolved_device()),
             overlap=bundle.overlap if self.overlap is None else float(self.overlap),
-            sw_batch_size=bundle.sw_batch_size if self.sw_batch_size is None else int(self.sw_batch_size),
+            sw_batch_size=self._sw_batch(bundle),
             tta_axes=list(tta_axes) if tta_axes else None,
             precision=precision,
             postprocess=parse_postprocess(bundle.postprocess if self.postprocess is None else self.postprocess).describe(),
-            threads=self.threads or available_cores(),
+            threads=self._threads(),
             roi_size=list(bundle.roi_size),
             blend_mode=bundle.mode,
             activation=bundle.activation,
             threshold=bundle.threshold,
             output_format=self.output_format,
             backend=backend,
+            backend_choice=choice,
         )
 
-    def _backend_and_precision(self, bundle: PredictionBundle) -> tuple[str, str]:
-        """The backend (``auto`` resolved) and the precision it runs; :class:`BundleConfigError` for a backend that
-        is not installed, cannot run this bundle (an ensemble, a window without a fixed size, a GPU for the CPU
-        runtimes) or this precision (onnxruntime computes fp32 only: an explicit bf16/fp16 is refused, the bundle's
-        ``auto`` becomes fp32)."""
-        from ..backends import backend_unavailable_reason, resolve_backend_name
+    def _auto_backend(self, bundle: PredictionBundle, precision: str) -> tuple[str, str]:
+        """``--backend auto``: (backend, why) measured by :mod:`monai_unetzoo.backend_choice` (eager, with the
+        reason, where it does not apply)."""
+        from ..backend_choice import choose_backend_by_measurement
+        from ..inference import resolve_autocast_dtype
+
+        device = self.resolved_device()
+        if device.type != "cpu" or len(bundle.members) > 1 or any(int(r) <= 0 for r in bundle.roi_size):
+            return "eager", "auto -> eager (GPU, ensemble or a window without a fixed size: nothing to measure)"
+        dtype = resolve_autocast_dtype(None if precision == "fp32" else precision, device)
+        name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+        bundle.network.to(device)
+        choice = choose_backend_by_measurement(
+            bundle.network, window_shape=(bundle.in_channels, *bundle.roi_size), batch=self._sw_batch(bundle),
+            precision=name, dtype=dtype, weights_sha256=bundle.checkpoint_sha256, threads=self._threads())
+        return choice.backend, choice.describe()
+
+    def _sw_batch(self, bundle: PredictionBundle) -> int:
+        return bundle.sw_batch_size if self.sw_batch_size is None else int(self.sw_batch_size)
+
+    def _threads(self) -> int:
+        return self.threads or available_cores()
+
+    def _backend_and_precision(self, bundle: PredictionBundle) -> tuple[str, str, str]:
+        """The backend (``auto`` resolved), the precision it runs and how ``auto`` chose (else ""):
+        :class:`BundleConfigError` for a backend that is not installed, cannot run this bundle (an ensemble, a window
+        without a fixed size, a GPU for the CPU runtimes) or this precision (onnxruntime computes fp32 only: an
+        explicit bf16/fp16 is refused, the bundle's ``auto`` becomes fp32)."""
+        from ..backends import backend_unavailable_reason
 
         precision = bundle.precision if self.precision is None else self.precision
         problem = backend_unavailable_reason(self.backend)
         if problem:
             raise BundleConfigError(problem)
-        backend = resolve_backend_name(self.backend)
+        if self.backend == "auto":
+            backend, why = self._auto_backend(bundle, precision)
+            return backend, precision, why  # onnxruntime is a candidate only for fp32 runs
+        backend = self.backend
         if backend == "eager":
-            return backend, precision
+            return backend, precision, ""
         if len(bundle.members) > 1 or getattr(bundle.network, "returns_probabilities", False):
             raise BundleConfigError(f"--backend {backend} runs one network; an ensemble of checkpoints "
                                     f"({len(bundle.members)}) runs with --backend eager")
@@ -112,7 +148,7 @@ class PredictionSettings:
                                     "use --backend openvino or compile for bf16")
         if backend == "onnxruntime":
             precision = "fp32"
-        return backend, precision
+        return backend, precision, ""
 
 
 @dataclass(frozen=True)
@@ -132,6 +168,7 @@ class ResolvedSettings:
     threshold: float
     output_format: str = "auto"
     backend: str = "eager"
+    backend_choice: str = ""  # how --backend auto chose (timings): shown and recorded, not part of the output key
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

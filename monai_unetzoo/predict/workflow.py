@@ -44,6 +44,7 @@ def settings_from_arguments(args: argparse.Namespace) -> PredictionSettings:
         output_format=args.output_format,
         push=args.push,
         backend=getattr(args, "backend", "eager"),
+        read_ahead=getattr(args, "read_ahead", None),
     )
 
 
@@ -69,6 +70,7 @@ def _header(bundle: PredictionBundle, resolved: ResolvedSettings) -> list[str]:
         f"  device    {resolved.device} ({resolved.threads} thread(s)); window "
         f"{'x'.join(str(r) for r in resolved.roi_size)}, overlap {resolved.overlap}, TTA {tta}, precision "
         f"{resolved.precision}, post-processing {resolved.postprocess}, backend {resolved.backend}",
+        *([f"  backend   {resolved.backend_choice}"] if resolved.backend_choice else []),
     ]
 
 
