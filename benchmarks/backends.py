@@ -37,7 +37,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("UNETZOO_DATA_DIR", REPO.parent / "shared" / "data"))
-BACKENDS = ("eager", "compile", "onnxruntime", "openvino")
+BACKENDS = ("eager", "compile", "onnxruntime", "openvino", "auto")
 NUM_CLASSES = {"hippocampus": 3, "drive": 2}
 
 
