@@ -19,6 +19,8 @@ Usage (from the repository root; about 6 minutes per fold on 2 cores)::
 
     python benchmarks/drive_cv.py --json benchmarks/drive_cv_5min.json
     python benchmarks/drive_cv.py --name green --override "load_transforms#2#_target_=..."   # a lever
+    python benchmarks/drive_cv.py --name wide --override "network_def#features=[32,64,128,256,512]" \
+        --infer-override "network_def#features=[32,64,128,256,512]"   # a lever the predictor must see too
     python benchmarks/drive_cv.py --folds 0 --minutes 1 --epochs 4                          # smoke run
 """
 
@@ -49,6 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=36, help="cosine schedule length (36 = the 5-minute schedule)")
     p.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="passed to drive.py")
+    p.add_argument("--infer-override", action="append", default=[], metavar="KEY=VALUE",
+                   help="applied to a copy of bundles/drive (its inference.json) that predicts: for levers that "
+                   "change the network or the preprocessing")
     p.add_argument("--name", default="bundle default", help="recipe label in the table and the JSON")
     p.add_argument("--cores", type=int, default=2)
     p.add_argument("--workdir", type=Path, default=Path("/tmp/unetzoo_drive_cv"))
@@ -80,8 +85,33 @@ def train_fold(args, fold: int, folder: Path) -> dict:
     return {"train_s": round(seconds, 1), "iterations": result["iterations"]}
 
 
+def prediction_bundle(args) -> Path:
+    """``bundles/drive``, or with ``--infer-override`` a copy of it under the workdir with those keys of its
+    ``inference.json`` replaced (``#``-paths as on MONAI's command line; values parsed as ``drive.py`` parses
+    ``--override``)."""
+    if not args.infer_override:
+        return REPO / "bundles" / "drive"
+    import shutil
+
+    from drive import _parse_override
+    from monai.bundle import ConfigParser
+
+    target = args.workdir / "bundle"
+    shutil.copytree(REPO / "bundles" / "drive", target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("models"))
+    parser = ConfigParser()
+    parser.read_config(str(target / "inference.json"))
+    for text in args.infer_override:
+        key, value = _parse_override(text)
+        parser[key] = value
+    config = parser.get()
+    if config.get("_meta_") == {}:  # added by read_config; the bundle keeps its metadata in metadata.json
+        del config["_meta_"]
+    (target / "inference.json").write_text(json.dumps(config, indent=4) + "\n")
+    return target
+
+
 def predict(args, checkpoint: Path, images: Path, out: Path, tta: bool) -> float:
-    cmd = [sys.executable, "-m", "unetzoo_cli", "predict", "--bundle", REPO / "bundles" / "drive", "--checkpoint",
+    cmd = [sys.executable, "-m", "unetzoo_cli", "predict", "--bundle", prediction_bundle(args), "--checkpoint",
            checkpoint, "--input", images, "--output", out, "--threads", args.cores, "--save-probabilities",
            "--no-preview", "--quiet", "--overwrite", "--tta" if tta else "--no-tta"]
     return _run(cmd, out.parent / f"{out.name}.log")
@@ -164,7 +194,7 @@ def main(argv=None) -> dict:
     for key, s in summary.items():
         print(f"{key:6s} {' '.join(f'{v:.4f}' for v in s['fold_dice']):>36s} {s['mean']:>7.4f} {s['sd_of_folds']:>6.4f} "
               f"{s['nested_mean']:>8.4f} {s['s_per_image']:>8.2f}")
-    payload = {"recipe": args.name, "overrides": args.override, "minutes": args.minutes, "epochs": args.epochs,
+    payload = {"recipe": args.name, "overrides": args.override, "infer_overrides": args.infer_override, "minutes": args.minutes, "epochs": args.epochs,
                "machine": machine, "python": platform.python_version(), "thresholds": THRESHOLDS.tolist(),
                "folds": rows, "summary": summary, "date": time.strftime("%Y-%m-%d %H:%M")}
     if args.json:

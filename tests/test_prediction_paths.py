@@ -239,3 +239,40 @@ def test_dry_run_writes_nothing_and_damaged_checkpoint_is_a_usage_error(hippocam
                           capture_output=True, encoding="utf-8", errors="replace", env=ENV, timeout=300)
     assert proc.returncode == 2
     assert f"{truncated}: truncated or corrupt checkpoint" in proc.stderr
+
+
+@pytest.mark.real_data
+def test_cli_tta_matches_the_bundle_evaluation_with_tta(hippocampus_dir, tmp_path):
+    """Issue 22: ``unetzoo predict --tta`` mirrors over the axes the bundle was trained with (``mirror_axes``,
+    left-right for Task04), in the orientation it was trained in, exactly as the bundle's own evaluation does
+    (``run evaluating``, ``tta_axes [0]``). On real validation volumes the two label maps agree; without TTA
+    they do not (so the agreement is about the mirroring). A seeded, untrained network makes label maps with
+    foreground everywhere, which the mirroring changes a lot: wrong axes cannot agree by accident."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundles" / "hippocampus" / "train.json"))
+    parser["bundle_root"] = str(REPO / "bundles" / "hippocampus")
+    parser.get_parsed_content("imports")
+    torch.manual_seed(0)
+    ckpt = tmp_path / "seed0.pt"
+    torch.save(parser.get_parsed_content("network_def").state_dict(), ckpt)
+    out = tmp_path / "eval_run"
+    configs = [str(REPO / "bundles" / "hippocampus" / name) for name in ("train.json", "evaluate.json")]
+    run([sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file", str(configs), "--dataset_dir",
+         str(hippocampus_dir), "--output_dir", str(out), "--ckpt_path", str(ckpt), "--num_val_cases", "3",
+         "--num_workers", "0"])
+    evaluated = sorted((out / "eval" / "predictions").glob("*_seg.nii.gz"))
+    assert len(evaluated) == 3
+    sources = [hippocampus_dir / "imagesTr" / p.name.replace("_seg", "") for p in evaluated]
+    inputs = link_inputs(tmp_path / "in", sources)
+    for flag in ("--tta", "--no-tta"):
+        run([UNETZOO, "predict", "--bundle", str(REPO / "bundles" / "hippocampus"), "--checkpoint", str(ckpt),
+             "--input", str(inputs), "--output", str(tmp_path / flag), flag, "--quiet"])
+    for ref in evaluated:
+        want = np.asarray(nib.load(ref).dataobj)
+        with_tta, without = (np.asarray(nib.load(tmp_path / flag / ref.name).dataobj) for flag in ("--tta", "--no-tta"))
+        assert want.shape == with_tta.shape and 0.05 < (want > 0).mean() < 0.95  # a non-trivial map
+        assert (with_tta == want).mean() >= 0.999, ref.name
+        assert (without == want).mean() < 0.99, ref.name

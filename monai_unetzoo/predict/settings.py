@@ -103,7 +103,8 @@ class PredictionSettings:
         from ..inference import resolve_autocast_dtype
 
         device = self.resolved_device()
-        if device.type != "cpu" or len(bundle.members) > 1 or any(int(r) <= 0 for r in bundle.roi_size):
+        ensemble = len(bundle.members) > 1 or getattr(bundle.network, "returns_probabilities", False)
+        if device.type != "cpu" or ensemble or any(int(r) <= 0 for r in bundle.roi_size):
             return "eager", "auto -> eager (GPU, ensemble or a window without a fixed size: nothing to measure)"
         dtype = resolve_autocast_dtype(None if precision == "fp32" else precision, device)
         name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
