@@ -61,17 +61,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def cpu_flags() -> str:
     """The CPU model and its AVX-512 / AMX / bf16 flags (what decides the bf16 paths)."""
-    model, flags = "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    keep = sorted(f for f in flags if f.startswith(("avx512", "amx")) or f in ("avx2", "fma"))
-    return f"{model}; {' '.join(keep) or 'no AVX-512/AMX flags'}"
+    from monai_unetzoo.backend_choice import cpu_description
+
+    return cpu_description()
 
 
 def seeded_checkpoint(bundle: str, folder: Path) -> Path:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -32,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from _common import forward_flops  # noqa: E402
+from _common import forward_flops, time_call  # noqa: E402
 from backends import cpu_flags, seeded_checkpoint  # noqa: E402
 
 #: backend -> precisions it is timed in
@@ -74,14 +73,11 @@ def reference_convs(batch: torch.Tensor) -> list[tuple[str, torch.nn.Module, tor
 
 def window_callable(backend: str, precision: str, net: torch.nn.Module, x: torch.Tensor, cache: Path):
     """What the predictor calls per window batch for this backend and precision."""
-    from monai_unetzoo.backends import build_window_network
-    from monai_unetzoo.inference import WindowScoreFunction
+    from monai_unetzoo.backend_choice import backend_window_call
 
-    dtype = torch.bfloat16 if precision == "bf16" else None
-    window_net = build_window_network(backend, net, window_shape=tuple(x.shape[1:]), batch=x.shape[0], dtype=dtype,
-                                      weights_sha256="", threads=torch.get_num_threads(), cache_root=cache)
-    eager_dtype = dtype if backend == "eager" else None
-    return WindowScoreFunction(window_net, activation=None, autocast_dtype=eager_dtype)
+    return backend_window_call(backend, net, window_shape=tuple(x.shape[1:]), batch=x.shape[0],
+                               dtype=torch.bfloat16 if precision == "bf16" else None, weights_sha256="",
+                               threads=torch.get_num_threads(), cache_root=cache)
 
 
 def seconds_per_call(fn, x: torch.Tensor, repeats: int) -> tuple[float, float]:
@@ -89,13 +85,7 @@ def seconds_per_call(fn, x: torch.Tensor, repeats: int) -> tuple[float, float]:
     start = time.perf_counter()
     fn(x)
     first = time.perf_counter() - start
-    fn(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(x)
-        times.append(time.perf_counter() - start)
-    return first, statistics.median(times)
+    return first, time_call(lambda: fn(x), repeats, torch.device("cpu"), warmup=1)["seconds"]
 
 
 def measure(bundle: str, backend: str, precision: str, args, work: Path) -> dict:

@@ -37,16 +37,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def load_parts(bundle: str, checkpoint: str):
     """(preprocessing, network, roi_size, activation, threshold) from the bundle's inference.json."""
-    import torch
     from monai.bundle import ConfigParser
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from _common import load_weights
 
     parser = ConfigParser()
     parser.read_config(str(REPO / "bundles" / bundle / "inference.json"))
     parser["bundle_root"] = str(REPO / "bundles" / bundle)
     parser.get_parsed_content("imports")
     network = parser.get_parsed_content("network_def")
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+    load_weights(network, checkpoint)
     inferer = parser.get_parsed_content("inferer")
     return (parser.get_parsed_content("preprocessing"), network.eval(), tuple(inferer.roi_size),
             parser["inferer"]["activation"], float(parser.get_parsed_content("threshold")))

@@ -28,9 +28,10 @@ import torch
 import torch.nn as nn
 
 from .backends import backend_unavailable_reason, build_window_network, unetzoo_cache_dir, window_model_key
+from .inference import WindowScoreFunction, scores_to_labels
 
-__all__ = ["AGREEMENT", "MIN_GAIN", "MeasuredBackendChoice", "auto_backend_candidates", "choose_backend_by_measurement",
-           "pick_fastest_backend"]
+__all__ = ["AGREEMENT", "MIN_GAIN", "MeasuredBackendChoice", "auto_backend_candidates", "backend_window_call",
+           "choose_backend_by_measurement", "cpu_description", "pick_fastest_backend"]
 
 #: label agreement with eager required of a candidate, per precision (issue 19)
 AGREEMENT = {"fp32": 0.999, "bf16": 0.995, "fp16": 0.995}
@@ -64,19 +65,27 @@ def auto_backend_candidates(precision: str, device: torch.device) -> list[str]:
     return found
 
 
-def _cpu_description() -> str:
-    """The CPU model and flags (a choice made on an AMX machine is not reused on an AVX512-BF16 one)."""
+def cpu_description() -> str:
+    """The CPU model and the flags that decide the bf16 paths (AVX-512, AMX, AVX2/FMA; SVE on Arm): a choice made on
+    an AMX machine is not reused on an AVX512-BF16 one."""
     try:
         lines = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
         return "unknown"
     model = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "unknown")
     flags = next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith(("flags", "Features"))), [])
-    return f"{model}; {' '.join(sorted(f for f in flags if f.startswith(('avx', 'amx', 'fma', 'sve'))))}"
+    keep = sorted(f for f in flags if f.startswith(("avx512", "amx", "sve")) or f in ("avx2", "fma"))
+    return f"{model}; {' '.join(keep) or 'no AVX-512/AMX flags'}"
 
 
-def _labels(logits: torch.Tensor) -> torch.Tensor:
-    return logits[:, 0] > 0 if logits.shape[1] == 1 else logits.argmax(dim=1)
+def backend_window_call(backend: str, network: nn.Module, *, window_shape: Sequence[int], batch: int,
+                        dtype: torch.dtype | None, weights_sha256: str, threads: int,
+                        cache_root: Path | None = None) -> WindowScoreFunction:
+    """``backend``'s window network called as the predictor calls it (:class:`WindowScoreFunction`: inference mode,
+    channels-last windows, eager under autocast to ``dtype``), returning float32 logits ``(W, C, *roi)``."""
+    window_net = build_window_network(backend, network, window_shape=window_shape, batch=batch, dtype=dtype,
+                                      weights_sha256=weights_sha256, threads=threads, cache_root=cache_root)
+    return WindowScoreFunction(window_net, activation=None, autocast_dtype=dtype if backend == "eager" else None)
 
 
 def _timed(call, x: torch.Tensor, repeats: int = 3) -> float:
@@ -88,31 +97,9 @@ def _timed(call, x: torch.Tensor, repeats: int = 3) -> float:
     return statistics.median(times)
 
 
-class _Candidate:
-    """One backend's window network, called as the predictor calls it (eager under autocast, inference mode)."""
-
-    def __init__(self, backend: str, network: nn.Module, window_shape: Sequence[int], batch: int,
-                 dtype: torch.dtype | None, weights_sha256: str, threads: int, cache_root: Path):
-        self.network = build_window_network(backend, network, window_shape=window_shape, batch=batch, dtype=dtype,
-                                            weights_sha256=weights_sha256, threads=threads, cache_root=cache_root)
-        self.autocast_dtype = dtype if backend == "eager" else None
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            if x.ndim in (4, 5):
-                x = x.contiguous(memory_format=torch.channels_last if x.ndim == 4 else torch.channels_last_3d)
-            if self.autocast_dtype is not None:
-                with torch.autocast("cpu", dtype=self.autocast_dtype):
-                    out = self.network(x)
-            else:
-                out = self.network(x)
-        out = out[0] if isinstance(out, (list, tuple)) else out
-        return out.float()
-
-
 def _choice_path(cache_root: Path, network: nn.Module, weights_sha256: str, window_shape: Sequence[int], batch: int,
                  precision: str, candidates: Sequence[str], threads: int) -> Path:
-    key = window_model_key(f"auto:{','.join(candidates)}:{threads}:{_cpu_description()}:{precision}", network,
+    key = window_model_key(f"auto:{','.join(candidates)}:{threads}:{cpu_description()}:{precision}", network,
                            weights_sha256, window_shape, batch, torch.float32)
     return cache_root / "auto" / f"{key}.json"
 
@@ -148,8 +135,9 @@ def _measure(network: nn.Module, candidates: Sequence[str], window_shape: Sequen
     reference = None
     for name in candidates:
         try:
-            call = _Candidate(name, network, window_shape, batch, dtype, weights_sha256, threads, root)
-            labels = _labels(call(full))  # the warm-up: exports, compiles, loads
+            call = backend_window_call(name, network, window_shape=window_shape, batch=batch, dtype=dtype,
+                                       weights_sha256=weights_sha256, threads=threads, cache_root=root)
+            labels = scores_to_labels(call(full), threshold=0.0)  # the warm-up: exports, compiles, loads
             call(one)
         except Exception as exc:  # a runtime that cannot take this network is not a candidate
             choice.rejected[name] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"

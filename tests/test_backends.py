@@ -37,6 +37,8 @@ REPO = Path(__file__).resolve().parents[1]
 UNETZOO = shutil.which("unetzoo", path=str(Path(sys.executable).parent)) or "unetzoo"
 #: argmax (threshold for DRIVE's one channel) agreement with the eager predictor, per precision (issue 19)
 AGREEMENT = {"fp32": 0.999, "bf16": 0.995}
+#: what --backend auto may time on a CPU
+BACKENDS_TIMED = ("eager", "openvino", "onnxruntime")
 
 
 def seeded_checkpoint(bundle: str, folder: Path, seed: int = 0) -> Path:
@@ -270,5 +272,3 @@ def test_cli_backend_auto_measures_once_then_reuses_its_choice(hippocampus_dir, 
     run(seeded_checkpoint("hippocampus", tmp_path, seed=1), "other")
     assert len(list((tmp_path / "cache" / "auto").glob("*.json"))) == 2
 
-
-BACKENDS_TIMED = ("eager", "openvino", "onnxruntime")

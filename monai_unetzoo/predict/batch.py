@@ -293,9 +293,8 @@ class _BatchRunner:
                 cases = list(self.record.cases)
                 for k, case in enumerate(cases):
                     self.current = case
-                    upcoming = next((c for c in cases[k + 1:k + 2] if self.will_predict(c)), None)
-                    if upcoming is not None:  # read while this one is in the windows
-                        self.read_ahead.ahead(upcoming)
+                    if k + 1 < len(cases) and self.will_predict(cases[k + 1]):  # read while this one runs
+                        self.read_ahead.ahead(cases[k + 1])
                     bar.set_postfix_str(case.case_id, refresh=True)
                     row = self.run_case(case)
                     if row["status"] == "failed" and not self.settings.quiet:
