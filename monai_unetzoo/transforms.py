@@ -23,7 +23,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import convert_to_tensor
 
-__all__ = ["FovStandardizeIntensityd", "EstimateFovMaskd"]
+__all__ = ["FovStandardizeIntensityd", "EstimateFovMaskd", "FovClaheEqualized"]
 
 
 class FovStandardizeIntensityd(MapTransform):
@@ -144,4 +144,87 @@ class EstimateFovMaskd(MapTransform):
             img = d[self.image_key]
             fov = torch.from_numpy(self.estimate(img)[None].astype(np.float32))
             d[key] = MetaTensor(fov, meta=dict(img.meta)) if isinstance(img, MetaTensor) else fov
+        return d
+
+
+#: ITU-R BT.601 luma weights (R, G, B), as OpenCV's and PIL's RGB -> grey conversions use.
+_LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+class FovClaheEqualized(MapTransform):
+    """CLAHE of an RGB photograph inside a mask: (3, H, W) in 0..255 -> (1, H, W) float32, or (3, H, W) with ``"each"``.
+
+    The equalised channel is the green channel (``"green"``: vessels have their highest contrast there, Staal et al.,
+    IEEE TMI 2004, the DRIVE paper), the luminance (``"luminance"``, BT.601 weights), or every channel on its own
+    (``"each"``, keeping the bundle's 3 input channels). A one-channel output can be fed to a 3-channel network with
+    MONAI's ``RepeatChanneld``. Outside the mask each channel is first filled with its mean inside the mask, so that
+    the black surround of the FOV does not decide the histograms of the tiles at the rim, and it is set to 0 after
+    the equalisation. The equalisation is OpenCV's ``createCLAHE`` (Zuiderveld, Graphics Gems IV, 1994:
+    ``clip_limit`` relative to a uniform histogram, ``tile_grid`` tiles per axis, bilinear between tiles) on the
+    channel rounded to 8 bits. The output keeps the 0..255 range and the input's metadata;
+    z-score it inside the FOV afterwards (:class:`FovStandardizeIntensityd`) as for the colour image.
+
+    Args:
+        keys: image keys, each (3, H, W) RGB.
+        mask_key: key of the FOV mask (1, H, W) or (H, W); items without it are equalised over the whole image.
+        channel: ``"green"``, ``"luminance"`` or ``"each"``.
+        clip_limit: OpenCV's clip limit (2.0 is the value most DRIVE pipelines use).
+        tile_grid: tiles per axis (8 x 8 as in OpenCV's and scikit-image's defaults).
+    """
+
+    def __init__(self, keys: KeysCollection, mask_key: str = "roi", channel: str = "green", clip_limit: float = 2.0,
+                 tile_grid: int = 8, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        if channel not in ("green", "luminance", "each"):
+            raise ValueError(f"FovClaheEqualized: channel must be 'green', 'luminance' or 'each', got {channel!r}.")
+        self.mask_key = mask_key
+        self.channel = channel
+        self.clip_limit = float(clip_limit)
+        self.tile_grid = int(tile_grid)
+
+    def channels_to_equalize(self, rgb: np.ndarray) -> np.ndarray:
+        """(K, H, W) float32: the green channel or the luminance (K = 1), or all three channels, of a (3, H, W) image."""
+        if rgb.ndim != 3 or rgb.shape[0] != 3:
+            raise ValueError(f"FovClaheEqualized: expected a (3, H, W) RGB image, got shape {tuple(rgb.shape)}.")
+        rgb = rgb.astype(np.float32)
+        if self.channel == "green":
+            return rgb[1:2]
+        if self.channel == "luminance":
+            return np.tensordot(np.asarray(_LUMA_WEIGHTS, dtype=np.float32), rgb, axes=1)[None]
+        return rgb
+
+    def equalize(self, rgb: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+        """(K, H, W) float32 in 0..255: CLAHE of each channel inside ``mask`` (bool (H, W)), 0 outside."""
+        from monai.utils import optional_import
+
+        cv2, has_cv2 = optional_import("cv2")
+        if not has_cv2:
+            raise ImportError("FovClaheEqualized needs OpenCV: pip install opencv-python-headless")
+        channels = self.channels_to_equalize(rgb)
+        inside = np.ones(channels.shape[1:], dtype=bool) if mask is None else mask
+        if inside.shape != channels.shape[1:]:
+            raise ValueError(
+                f"FovClaheEqualized: mask {self.mask_key!r} has shape {inside.shape}, image {channels.shape[1:]}."
+            )
+        if not inside.any():
+            raise ValueError(f"FovClaheEqualized: mask {self.mask_key!r} is empty.")
+        clahe = cv2.createCLAHE(clipLimit=self.clip_limit, tileGridSize=(self.tile_grid, self.tile_grid))
+        out = np.zeros(channels.shape, dtype=np.float32)
+        for c, channel in enumerate(channels):
+            filled = np.where(inside, channel, channel[inside].mean())
+            equalized = clahe.apply(np.clip(np.rint(filled), 0, 255).astype(np.uint8))
+            out[c] = np.where(inside, equalized, 0)
+        return out
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        mask = d.get(self.mask_key)
+        if mask is not None:
+            mask = np.asarray(convert_to_tensor(mask, track_meta=False).detach().cpu().numpy()) > 0
+            mask = mask[0] if mask.ndim == 3 else mask
+        for key in self.key_iterator(d):
+            img = d[key]
+            rgb = np.asarray(convert_to_tensor(img, track_meta=False).detach().cpu().numpy())
+            out = torch.from_numpy(self.equalize(rgb, mask))
+            d[key] = MetaTensor(out, meta=dict(img.meta)) if isinstance(img, MetaTensor) else out
         return d

@@ -27,7 +27,7 @@ from monai_unetzoo.data import (
     split_drive_cases,
     write_synthetic_drive,
 )
-from monai_unetzoo.transforms import EstimateFovMaskd, FovStandardizeIntensityd
+from monai_unetzoo.transforms import EstimateFovMaskd, FovClaheEqualized, FovStandardizeIntensityd
 
 SMALL = (72, 88)  # (H, W): non-square, so a swapped axis order cannot go unnoticed
 
@@ -286,3 +286,49 @@ def test_estimate_fov_mask_real_drive(drive_dir):
         est = EstimateFovMaskd("fov")(d)["fov"][0].numpy() > 0
         dice = _fov_dice(est, _pil(drive_dir / rel_mask) > 0)
         assert dice > 0.99, dice
+
+
+def _global_equalization(channel: np.ndarray) -> np.ndarray:
+    """numpy reference: histogram equalisation of an 8-bit (H, W) image, ``lut[i] = 255 * cdf(i)`` rounded half to
+    even, which is CLAHE with one tile and no clipping."""
+    counts = np.bincount(channel.ravel(), minlength=256)
+    lut = np.rint(np.cumsum(counts) * (255.0 / channel.size)).clip(0, 255)
+    return lut[channel]
+
+
+@pytest.mark.parametrize("channel", ["green", "luminance", "each"])
+def test_fov_clahe_matches_numpy_equalization_inside_the_fov(channel):
+    pytest.importorskip("cv2")
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(30, 220, size=(3, 40, 48)).astype(np.float32)
+    fov = np.zeros((40, 48), dtype=bool)
+    fov[5:35, 6:40] = True
+    rgb[:, ~fov] = rng.integers(0, 8, size=(3, int((~fov).sum())))  # a dark surround
+    t = FovClaheEqualized("image", channel=channel, clip_limit=1e4, tile_grid=1)  # one tile, no clipping
+    out = t({"image": torch.tensor(rgb), "roi": torch.tensor(fov[None].astype(np.float32))})["image"].numpy()
+    mixes = {"green": rgb[1:2], "luminance": (0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2])[None], "each": rgb}
+    expected = []
+    for mix in mixes[channel]:
+        filled = np.clip(np.rint(np.where(fov, mix, mix[fov].mean())), 0, 255).astype(np.uint8)
+        expected.append(np.where(fov, _global_equalization(filled), 0))
+    assert out.shape == (len(expected), 40, 48) and out.dtype == np.float32
+    np.testing.assert_array_equal(out, np.stack(expected))
+
+
+def test_fov_clahe_ignores_the_surround_and_reports_bad_input():
+    pytest.importorskip("cv2")
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(40, 200, size=(3, 64, 64)).astype(np.float32)
+    fov = np.zeros((1, 64, 64), dtype=np.float32)
+    fov[0, 8:56, 8:56] = 1
+    t = FovClaheEqualized("image")  # OpenCV's 8 x 8 tiles, clip limit 2
+    black, white = rgb.copy(), rgb.copy()
+    black[:, fov[0] == 0], white[:, fov[0] == 0] = 0, 255
+    a = t({"image": torch.tensor(black), "roi": torch.tensor(fov)})["image"].numpy()
+    b = t({"image": torch.tensor(white), "roi": torch.tensor(fov)})["image"].numpy()
+    np.testing.assert_array_equal(a, b)  # the rim tiles see the FOV mean, not the surround
+    assert a[0, fov[0] == 0].max() == 0 and a[0, fov[0] > 0].std() > 10
+    with pytest.raises(ValueError, match="RGB"):
+        t({"image": torch.zeros(1, 8, 8)})
+    with pytest.raises(ValueError, match="empty"):
+        t({"image": torch.tensor(rgb), "roi": torch.zeros(1, 64, 64)})
