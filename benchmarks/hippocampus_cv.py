@@ -88,7 +88,8 @@ def print_table(args, machine: str, rows: list[dict], summary: dict) -> None:
     for r in rows:
         plain = " ".join(f"{r[key]:9.4f}" for key, _ in SCORES)
         tta = " ".join(f"{r[key + '_tta']:9.4f}" for key, _ in SCORES)
-        print(f"{r['fold']:>6d} {r['iterations']:>6d} {plain} | {tta}       {r['mean_dice_tta'] - r['mean_dice']:+7.4f}")
+        gain = r["mean_dice_tta"] - r["mean_dice"]
+        print(f"{r['fold']:>6d} {r['iterations']:>6d} {plain} | {tta}       {gain:+7.4f}")
     for stat in ("mean", "sd_of_folds"):
         plain = " ".join(f"{summary[key][stat]:9.4f}" for key, _ in SCORES)
         tta = " ".join(f"{summary[key + '_tta'][stat]:9.4f}" for key, _ in SCORES)

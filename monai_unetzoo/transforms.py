@@ -183,7 +183,7 @@ class FovClaheEqualized(MapTransform):
         self.tile_grid = int(tile_grid)
 
     def channels_to_equalize(self, rgb: np.ndarray) -> np.ndarray:
-        """(K, H, W) float32: the green channel or the luminance (K = 1), or all three channels, of a (3, H, W) image."""
+        """(K, H, W) float32 of a (3, H, W) image: its green channel or luminance (K = 1), or all three channels."""
         if rgb.ndim != 3 or rgb.shape[0] != 3:
             raise ValueError(f"FovClaheEqualized: expected a (3, H, W) RGB image, got shape {tuple(rgb.shape)}.")
         rgb = rgb.astype(np.float32)
@@ -199,7 +199,9 @@ class FovClaheEqualized(MapTransform):
 
         cv2, has_cv2 = optional_import("cv2")
         if not has_cv2:
-            raise ImportError("FovClaheEqualized needs OpenCV: pip install opencv-python-headless")
+            raise ImportError(
+                "FovClaheEqualized needs OpenCV: pip install opencv-python (the dicom extra brings it with rt-utils)"
+            )
         channels = self.channels_to_equalize(rgb)
         inside = np.ones(channels.shape[1:], dtype=bool) if mask is None else mask
         if inside.shape != channels.shape[1:]:
