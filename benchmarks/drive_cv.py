@@ -18,7 +18,8 @@ metric) from the probabilities:
 Usage (from the repository root; about 6 minutes per fold on 2 cores)::
 
     python benchmarks/drive_cv.py --json benchmarks/drive_cv_5min.json
-    python benchmarks/drive_cv.py --name green --override "load_transforms#2#_target_=..."   # a lever
+    python benchmarks/drive_cv.py --name "green + CLAHE" --override "load_transforms#2=$CL" \
+        --infer-override "preprocessing#transforms#3=$CL"   # a preprocessing lever ($CL: bundles/drive/README.md)
     python benchmarks/drive_cv.py --name wide --override "network_def#features=[32,64,128,256,512]" \
         --infer-override "network_def#features=[32,64,128,256,512]"   # a lever the predictor must see too
     python benchmarks/drive_cv.py --folds 0 --minutes 1 --epochs 4                          # smoke run

@@ -14,7 +14,7 @@ validation Dice by more than noise: the spread of the folds is that noise). ``--
 
 Usage (from the repository root; about M + 1 minutes per fold on 2 cores)::
 
-    python benchmarks/hippocampus_cv.py --minutes 5 --json benchmarks/hippocampus_cv_5min.json
+    python benchmarks/hippocampus_cv.py --minutes 5 --json benchmarks/hippocampus_cv_5min_avx2.json
     python benchmarks/hippocampus_cv.py --minutes 5 --name wide --set "network_def#features=[32,64,128,256]"
     python benchmarks/hippocampus_cv.py --folds 0 --minutes 0.5                                 # smoke run
 """

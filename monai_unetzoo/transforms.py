@@ -228,5 +228,7 @@ class FovClaheEqualized(MapTransform):
             img = d[key]
             rgb = np.asarray(convert_to_tensor(img, track_meta=False).detach().cpu().numpy())
             out = torch.from_numpy(self.equalize(rgb, mask))
-            d[key] = MetaTensor(out, meta=dict(img.meta)) if isinstance(img, MetaTensor) else out
+            if isinstance(img, MetaTensor):  # keep the trace of earlier spatial transforms, as Invertd needs it
+                out = MetaTensor(out, meta=dict(img.meta), applied_operations=img.applied_operations)
+            d[key] = out
         return d
