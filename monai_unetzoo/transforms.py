@@ -190,7 +190,9 @@ class FovClaheEqualized(MapTransform):
         if self.channel == "green":
             return rgb[1:2]
         if self.channel == "luminance":
-            return np.tensordot(np.asarray(_LUMA_WEIGHTS, dtype=np.float32), rgb, axes=1)[None]
+            # float64: the same 8-bit rounding on every CPU (float32 sums round differently per SIMD path)
+            luma = np.tensordot(np.asarray(_LUMA_WEIGHTS, dtype=np.float64), rgb.astype(np.float64), axes=1)
+            return luma.astype(np.float32)[None]
         return rgb
 
     def equalize(self, rgb: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
