@@ -304,8 +304,9 @@ def test_fov_clahe_matches_numpy_equalization_inside_the_fov(channel):
     fov = np.zeros((40, 48), dtype=bool)
     fov[5:35, 6:40] = True
     rgb[:, ~fov] = rng.integers(0, 8, size=(3, int((~fov).sum())))  # a dark surround
-    tie = (299 * rgb[0] + 587 * rgb[1] + 114 * rgb[2]) % 1000 == 500  # luminance exactly k + 0.5: rounding is a coin
-    rgb[0][tie] += 1  # flip between float paths; move those pixels off the tie
+    # a luminance of exactly k + 0.5 rounds either way depending on the float path: move those pixels off the tie
+    tie = (299 * rgb[0] + 587 * rgb[1] + 114 * rgb[2]) % 1000 == 500
+    rgb[0][tie] += 1
     t = FovClaheEqualized("image", channel=channel, clip_limit=1e4, tile_grid=1)  # one tile, no clipping
     out = t({"image": torch.tensor(rgb), "roi": torch.tensor(fov[None].astype(np.float32))})["image"].numpy()
     r, g, b = rgb.astype(np.float64)
