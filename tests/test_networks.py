@@ -8,8 +8,10 @@ import json
 import pytest
 import torch
 from monai.bundle import ConfigParser, ckpt_export, verify_net_in_out
+from monai.losses import DiceCELoss
 from monai.networks import eval_mode
 
+from monai_unetzoo.losses import MaskedDeepSupervisionLoss
 from monai_unetzoo.networks import NETWORK_REGISTRY, ClassicUNet, ResUNet, UNetPlusPlus, get_network
 
 TINY = (4, 8, 16, 32)  # three poolings: enough to exercise odd sizes at every level
@@ -98,6 +100,39 @@ def test_unetpp_without_deep_supervision_returns_tensor_in_training():
     assert isinstance(net(torch.randn(2, 2, 16, 16)), torch.Tensor)
     with pytest.raises(ValueError, match="deep_supervision"):
         net.prune_level = 1
+
+
+@pytest.mark.parametrize("name", ["unet", "resunet"])
+def test_encoder_decoder_deep_supervision_heads_are_nnunet_levels(name):
+    # TINY has L = 3 poolings: nnU-Net's decoder heads sit on levels 0, 1, 2 with weight 0 on the coarsest (2), so
+    # the network returns [level 0, level 1]. Level 1's head must be its 1x1 conv on the decoder output of that
+    # level, read independently through a forward hook; the final head must equal the eval-mode output.
+    net = tiny(name, 3, deep_supervision=True, norm=("instance", {"affine": True}))
+    x = torch.randn(2, 2, 19, 20, 21)
+    seen = {}
+    net.decoder[-2].register_forward_hook(lambda module, args, out: seen.__setitem__("level1", out))
+    heads = net.train()(x)
+    assert isinstance(heads, list) and len(heads) == 2 and len(net.aux_heads) == 1
+    assert heads[0].shape == (2, 3, 19, 20, 21)
+    assert heads[1].shape == (2, 3, 9, 10, 10) == (2, 3, *seen["level1"].shape[2:])
+    torch.testing.assert_close(heads[1], net.aux_heads[0](seen["level1"]), rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(net.eval()(x), heads[0], rtol=1e-5, atol=1e-5)
+
+
+def test_deep_supervision_trains_every_head_and_keeps_the_plain_checkpoint_layout():
+    net = tiny("resunet", 3, deep_supervision=True).train()
+    loss = MaskedDeepSupervisionLoss(DiceCELoss(to_onehot_y=True, softmax=True))
+    label = torch.randint(0, 3, (2, 1, 16, 16, 16))
+    loss(net(torch.randn(2, 2, 16, 16, 16)), label).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.aux_heads.parameters())
+    plain = tiny("resunet", 3)
+    missing, unexpected = plain.load_state_dict(net.state_dict(), strict=False)
+    assert missing == [] and sorted(unexpected) == ["aux_heads.0.bias", "aux_heads.0.weight"]
+    # Too shallow for an active auxiliary level (L = 2: only the zero-weight coarsest one): plain output.
+    shallow = get_network("resunet", spatial_dims=2, in_channels=1, out_channels=2, features=(4, 8, 16),
+                          deep_supervision=True).train()
+    assert len(shallow.aux_heads) == 0 and isinstance(shallow(torch.randn(1, 1, 16, 16)), list)
 
 
 @pytest.mark.parametrize("prune_level", [1, 2, 3])

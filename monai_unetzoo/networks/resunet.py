@@ -29,7 +29,8 @@ class ResUNet(EncoderDecoderUNet):
         out_channels: output channels (classes) ``C_out``.
         features: channels per level, shallowest first (the first entry is the base filter count, the length is
             the depth + 1).
-        act, norm, bias, dropout, upsample, pool_sizes: as in :class:`~monai_unetzoo.networks.ClassicUNet`.
+        act, norm, bias, dropout, upsample, pool_sizes, deep_supervision: as in
+            :class:`~monai_unetzoo.networks.ClassicUNet`.
 
     Shapes: (B, C_in, S) -> (B, C_out, S) logits, for any spatial size S.
     """
@@ -46,8 +47,11 @@ class ResUNet(EncoderDecoderUNet):
         dropout: float | tuple = 0.0,
         upsample: str = "deconv",
         pool_sizes: Sequence[int | Sequence[int]] | None = None,
+        deep_supervision: bool = False,
     ):
         def make_block(c_in: int, c_out: int) -> nn.Module:
             return ResidualConvBlock(spatial_dims, c_in, c_out, act=act, norm=norm, bias=bias, dropout=dropout)
 
-        super().__init__(spatial_dims, in_channels, out_channels, features, upsample, make_block, pool_sizes)
+        super().__init__(
+            spatial_dims, in_channels, out_channels, features, upsample, make_block, pool_sizes, deep_supervision
+        )

@@ -37,6 +37,8 @@ class ClassicUNet(EncoderDecoderUNet):
         pool_sizes: pooling factor per level (shallowest first), an int or one per axis; default 2 everywhere.
             ``[[2, 2, 1], [2, 2, 1], [2, 2, 2]]`` pools the third axis only at the deepest level (nnU-Net's plans
             for anisotropic data; see :func:`monai_unetzoo.planning.rules.pool_kernels`).
+        deep_supervision: in training mode also return 1x1 heads on the decoder levels ``1 .. L-2`` (nnU-Net's;
+            see :class:`~monai_unetzoo.networks.encoder_decoder.EncoderDecoderUNet`); eval mode is unchanged.
 
     Shapes: (B, C_in, S) -> (B, C_out, S) logits, for any spatial size S (2D ``H, W`` or 3D ``D, H, W``).
     """
@@ -53,8 +55,11 @@ class ClassicUNet(EncoderDecoderUNet):
         dropout: float | tuple = 0.0,
         upsample: str = "deconv",
         pool_sizes: Sequence[int | Sequence[int]] | None = None,
+        deep_supervision: bool = False,
     ):
         def make_block(c_in: int, c_out: int) -> nn.Module:
             return DoubleConv(spatial_dims, c_in, c_out, act=act, norm=norm, bias=bias, dropout=dropout)
 
-        super().__init__(spatial_dims, in_channels, out_channels, features, upsample, make_block, pool_sizes)
+        super().__init__(
+            spatial_dims, in_channels, out_channels, features, upsample, make_block, pool_sizes, deep_supervision
+        )
