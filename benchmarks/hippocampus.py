@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> dict:
     from monai.bundle import ConfigParser
     from monai.utils import set_determinism
 
+    from monai_unetzoo.backend_choice import cpu_description  # model + the AVX-512 / AMX flags
+
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _common import cpu_name  # after the affinity setting: _common imports torch
 
@@ -189,6 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
         "overrides": args.set,
         "threads": args.threads,
         "cpu": cpu_name(),
+        "cpu_flags": cpu_description(),
         "cpu_count": os.cpu_count(),
         "loadavg_before": load_before,
         "loadavg_after": os.getloadavg() if hasattr(os, "getloadavg") else None,

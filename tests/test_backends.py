@@ -137,6 +137,22 @@ def test_onnxruntime_refuses_bf16_and_backends_refuse_ensembles(tmp_path):
     assert PredictionSettings(device="cpu", backend="auto").resolve(ensemble).backend == "eager"  # nothing to time
 
 
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_auto_precision_is_recorded_as_the_dtype_that_runs(tmp_path, monkeypatch, native_bf16):
+    # The bundle asks for "auto"; provenance must name what the windows compute in on this CPU (bf16 on an
+    # AVX512-BF16/AMX CPU, fp32 on an AVX2 one), read back from the predictor's own window function.
+    import monai_unetzoo.inference as inference
+
+    monkeypatch.setattr(inference, "cpu_has_native_bf16", lambda: native_bf16)
+    bundle = load_prediction_bundle(REPO / "bundles" / "hippocampus", seeded_checkpoint("hippocampus", tmp_path))
+    assert bundle.precision == "auto"
+    resolved = PredictionSettings(device="cpu").resolve(bundle)
+    window = resolved.make_predictor().window_function(bundle.network, 3, torch.device("cpu"))
+    assert resolved.precision == ("bf16" if native_bf16 else "fp32")
+    assert window.autocast_dtype == (torch.bfloat16 if native_bf16 else None)
+    assert resolved.as_dict()["precision"] == resolved.precision  # what provenance.json's settings hold
+
+
 def test_a_changed_checkpoint_never_reuses_a_cached_export(tmp_path):
     """Two checkpoints through one cache folder: two exported files, each run giving its own network's logits
     (compared with that network in eager fp32), and the same checkpoint again reuses its file untouched."""

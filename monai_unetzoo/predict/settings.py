@@ -120,6 +120,17 @@ class PredictionSettings:
     def _threads(self) -> int:
         return self.threads or available_cores()
 
+    def _concrete_precision(self, precision: str) -> str:
+        """``"auto"`` as what it computes on this device (``"bf16"``, ``"fp16"`` or ``"fp32"``), so provenance and
+        the output key record the precision that ran: the same request gives bf16 on an AVX512-BF16 CPU and fp32 on
+        an AVX2 one, two different results."""
+        from ..inference import resolve_autocast_dtype
+
+        if precision != "auto":
+            return precision
+        dtype = resolve_autocast_dtype("auto", self.resolved_device())
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+
     def _backend_and_precision(self, bundle: PredictionBundle) -> tuple[str, str, str]:
         """The backend (``auto`` resolved), the precision it runs and how ``auto`` chose (else ""):
         :class:`BundleConfigError` for a backend that is not installed, cannot run this bundle (an ensemble, a window
@@ -127,7 +138,8 @@ class PredictionSettings:
         explicit bf16/fp16 is refused, the bundle's ``auto`` becomes fp32)."""
         from ..backends import backend_unavailable_reason
 
-        precision = bundle.precision if self.precision is None else self.precision
+        requested = bundle.precision if self.precision is None else self.precision
+        precision = self._concrete_precision(requested)
         problem = backend_unavailable_reason(self.backend)
         if problem:
             raise BundleConfigError(problem)
@@ -144,8 +156,8 @@ class PredictionSettings:
             raise BundleConfigError(f"--backend {backend} needs a fixed window; the bundle's roi_size is {bundle.roi_size}")
         if backend in ("onnxruntime", "openvino") and self.resolved_device().type != "cpu":
             raise BundleConfigError(f"--backend {backend} runs on the CPU; use --device cpu (or --backend compile)")
-        if backend == "onnxruntime" and precision in ("bf16", "fp16"):
-            raise BundleConfigError(f"--backend onnxruntime computes fp32 on the CPU, not --precision {precision}; "
+        if backend == "onnxruntime" and requested in ("bf16", "fp16"):
+            raise BundleConfigError(f"--backend onnxruntime computes fp32 on the CPU, not --precision {requested}; "
                                     "use --backend openvino or compile for bf16")
         if backend == "onnxruntime":
             precision = "fp32"
