@@ -129,7 +129,7 @@ def test_deep_supervision_trains_every_head_and_keeps_the_plain_checkpoint_layou
     plain = tiny("resunet", 3)
     missing, unexpected = plain.load_state_dict(net.state_dict(), strict=False)
     assert missing == [] and sorted(unexpected) == ["aux_heads.0.bias", "aux_heads.0.weight"]
-    # Too shallow for an active auxiliary level (L = 2: only the zero-weight coarsest one): plain output.
+    # Too shallow for an active auxiliary level (L = 2: only the zero-weight coarsest one): the final head alone.
     shallow = get_network("resunet", spatial_dims=2, in_channels=1, out_channels=2, features=(4, 8, 16),
                           deep_supervision=True).train()
     assert len(shallow.aux_heads) == 0 and isinstance(shallow(torch.randn(1, 1, 16, 16)), list)

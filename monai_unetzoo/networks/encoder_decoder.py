@@ -83,12 +83,16 @@ class EncoderDecoderUNet(nn.Module):
             x = down(x)
             skips.append(x)
         n_skips = len(skips)
-        decoded: List[torch.Tensor] = []  # decoder outputs, coarsest level first, level 0 last
+        supervise = self.training and self.deep_supervision
+        # Decoder outputs, coarsest level first, level 0 last; kept only for the heads, so that inference frees
+        # each level's output as soon as the next level is computed.
+        decoded: List[torch.Tensor] = []
         for i, (up, block) in enumerate(zip(self.upsamplers, self.decoder)):
             skip = skips[n_skips - 2 - i]  # the skip of the level this decoder step returns to
             x = block(torch.cat([skip, up(x, skip)], dim=1))
-            decoded.append(x)
-        if not (self.training and self.deep_supervision):
+            if supervise:
+                decoded.append(x)
+        if not supervise:
             return self.head(x)
         heads = [self.head(x)]
         for k, aux_head in enumerate(self.aux_heads):

@@ -106,12 +106,11 @@ class PredictionSettings:
         ensemble = len(bundle.members) > 1 or getattr(bundle.network, "returns_probabilities", False)
         if device.type != "cpu" or ensemble or any(int(r) <= 0 for r in bundle.roi_size):
             return "eager", "auto -> eager (GPU, ensemble or a window without a fixed size: nothing to measure)"
-        dtype = resolve_autocast_dtype(None if precision == "fp32" else precision, device)
-        name = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+        dtype = resolve_autocast_dtype(None if precision == "fp32" else precision, device)  # precision: concrete
         bundle.network.to(device)
         choice = choose_backend_by_measurement(
             bundle.network, window_shape=(bundle.in_channels, *bundle.roi_size), batch=self._sw_batch(bundle),
-            precision=name, dtype=dtype, weights_sha256=bundle.checkpoint_sha256, threads=self._threads())
+            precision=precision, dtype=dtype, weights_sha256=bundle.checkpoint_sha256, threads=self._threads())
         return choice.backend, choice.describe()
 
     def _sw_batch(self, bundle: PredictionBundle) -> int:
