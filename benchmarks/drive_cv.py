@@ -44,6 +44,8 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("UNETZOO_DATA_DIR", REPO.parent / "shared" / "data")) / "DRIVE"
 #: Candidate probability thresholds for the nested choice.
 THRESHOLDS = np.round(np.arange(0.30, 0.701, 0.02), 2)
+#: Index of the bundle's threshold 0.5 in ``THRESHOLDS``.
+AT_HALF = int(np.argmin(np.abs(THRESHOLDS - 0.5)))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -158,17 +160,21 @@ def run_fold(args, fold: int) -> dict:
     return row
 
 
+def fold_dice_at_half(row: dict) -> dict:
+    """One fold's mean Dice at threshold 0.5, plain and TTA: printed as each fold ends, so a long CV reads as it runs."""
+    return {f"{key}_dice": round(float(np.asarray(row[f"{key}_curves"])[:, AT_HALF].mean()), 4) for key in ("plain", "tta")}
+
+
 def summarise(rows: list[dict]) -> dict:
     """Dice at 0.5 (plain, TTA) per fold and overall, and the nested threshold choice (see the module doc)."""
-    at_half = int(np.argmin(np.abs(THRESHOLDS - 0.5)))
     out = {}
     for key in ("plain", "tta"):
         curves = {r["fold"]: np.asarray(r[f"{key}_curves"]) for r in rows}  # fold -> (4 images, T)
-        fold_means = [float(c[:, at_half].mean()) for c in curves.values()]
+        fold_means = [float(c[:, AT_HALF].mean()) for c in curves.values()]
         nested, chosen = [], []
         for fold, c in curves.items():
             others = [curves[f] for f in curves if f != fold]
-            best = int(np.argmax(np.concatenate(others).mean(axis=0))) if others else at_half
+            best = int(np.argmax(np.concatenate(others).mean(axis=0))) if others else AT_HALF
             chosen.append(float(THRESHOLDS[best]))
             nested.append(float(c[:, best].mean()))
         out[key] = {"fold_dice": [round(v, 4) for v in fold_means], "mean": round(float(np.mean(fold_means)), 4),
@@ -187,7 +193,8 @@ def main(argv=None) -> dict:
     rows = []
     for fold in args.folds:
         rows.append(run_fold(args, fold))
-        print(json.dumps({k: v for k, v in rows[-1].items() if not k.endswith("curves")}), flush=True)
+        print(json.dumps({k: v for k, v in rows[-1].items() if not k.endswith("curves")} | fold_dice_at_half(rows[-1])),
+              flush=True)
     summary = summarise(rows)
     print(f"\n{machine}\nDRIVE 5-fold CV, recipe: {args.name} ({args.minutes:g} min, {args.epochs} epochs per fold); "
           "vessel Dice inside the FOV masks, final weights")

@@ -89,9 +89,9 @@ def _reference_probability(net: torch.nn.Module, image_path, fov: np.ndarray, ro
 
 
 def _load_network(ckpt: Path, features=(16, 32, 64, 128, 256)) -> torch.nn.Module:
-    from monai_unetzoo.networks import ClassicUNet
+    from monai_unetzoo.networks import ResUNet
 
-    net = ClassicUNet(spatial_dims=2, in_channels=3, out_channels=1, features=features, norm="batch")
+    net = ResUNet(spatial_dims=2, in_channels=3, out_channels=1, features=features, norm="batch", act="relu")
     net.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=True))
     return net
 
@@ -204,7 +204,7 @@ def test_default_command_trains_on_synthetic_data(tmp_path):
     fovs = [_pil(d["roi"]) > 0 for d in val]
     ceiling = _chance_dice_ceiling(labels, fovs)
     assert max(dices) > ceiling + 0.15, (dices, ceiling)
-    # the best checkpoint is a ClassicUNet state dict, last checkpoint holds model/optimizer/scheduler
+    # the best checkpoint is a ResUNet state dict, last checkpoint holds model/optimizer/scheduler
     _load_network(out / "model.pt")
     last = torch.load(out / "model_last.pt", map_location="cpu", weights_only=False)
     assert {"model", "optimizer", "lr_scheduler"} <= set(last)
