@@ -161,8 +161,9 @@ def run_fold(args, fold: int) -> dict:
 
 
 def fold_dice_at_half(row: dict) -> dict:
-    """One fold's mean Dice at threshold 0.5, plain and TTA: printed as each fold ends, so a long CV reads as it runs."""
-    return {f"{key}_dice": round(float(np.asarray(row[f"{key}_curves"])[:, AT_HALF].mean()), 4) for key in ("plain", "tta")}
+    """One fold's mean Dice at threshold 0.5, plain and TTA (printed as each fold ends: a long CV reads as it runs)."""
+    return {f"{key}_dice": round(float(np.asarray(row[f"{key}_curves"])[:, AT_HALF].mean()), 4)
+            for key in ("plain", "tta")}
 
 
 def summarise(rows: list[dict]) -> dict:
