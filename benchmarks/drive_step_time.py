@@ -1,6 +1,7 @@
 """Training-step time of the DRIVE networks (issue 22): what one step of the bundle's batch costs per network.
 
-Not a test. One step = forward under the bundle's precision, ``MaskedDiceCELoss`` (``MaskedDeepSupervisionLoss`` over
+Not a test. ``benchmarks/train_step_formats.py`` times the bundle's own network; this one puts the candidate networks
+side by side. One step (its ``training_step``) = forward under the bundle's precision, ``MaskedDiceCELoss`` (``MaskedDeepSupervisionLoss`` over
 it for UNet++ with deep supervision), backward, AdamW, on the bundle's batch (8 patches of 3 x 128 x 128,
 channels-last) for the widths of ``bundles/drive/train.json`` (16..256, batch norm, ReLU, transposed convolutions);
 median of the steps after two warm-up steps. Prints the CPU flags with the table.
@@ -15,15 +16,16 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
 import _peers  # noqa: E402  (the machine line shared with the other benchmarks)
+from _common import time_call  # noqa: E402
+from train_step_formats import training_step  # noqa: E402  (the step train_step_formats.py times per bundle)
 
 from monai_unetzoo.losses import MaskedDeepSupervisionLoss, MaskedDiceCELoss  # noqa: E402
 from monai_unetzoo.networks import ClassicUNet, ResUNet, UNetPlusPlus  # noqa: E402
@@ -38,24 +40,17 @@ NETWORKS = {
 
 
 def step_seconds(network: torch.nn.Module, steps: int, bf16: bool) -> float:
-    """Median wall time of one training step after two warm-up steps."""
+    """Median wall time of one training step (``train_step_formats.training_step``) after two warm-up steps."""
     network = network.to(memory_format=torch.channels_last).train()
     optimiser = torch.optim.AdamW(network.parameters(), 1e-3)
     loss_fn = MaskedDeepSupervisionLoss(MaskedDiceCELoss(sigmoid=True, ignore_index=255))
     torch.manual_seed(0)
     image = torch.randn(8, 3, 128, 128).to(memory_format=torch.channels_last)
     label = (torch.rand(8, 1, 128, 128) > 0.9).float()
-    times = []
-    for _ in range(steps + 2):
-        start = time.perf_counter()
-        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
-            out = network(image)
-        loss = loss_fn(out, label)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times[2:])
+    dtype = torch.bfloat16 if bf16 else None
+    timing = time_call(lambda: training_step(network, loss_fn, optimiser, image, label, dtype), steps,
+                       torch.device("cpu"), warmup=2)
+    return timing["seconds"]
 
 
 def main(argv=None) -> None:
