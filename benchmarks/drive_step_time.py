@@ -2,9 +2,9 @@
 
 Not a test. ``benchmarks/train_step_formats.py`` times the bundle's own network; this one puts the candidate networks
 side by side. One step (its ``training_step``) = forward under the bundle's precision, ``MaskedDiceCELoss``
-(``MaskedDeepSupervisionLoss`` over it for UNet++ with deep supervision), backward, AdamW, on the bundle's batch (8 patches of 3 x 128 x 128,
-channels-last) for the widths of ``bundles/drive/train.json`` (16..256, batch norm, ReLU, transposed convolutions);
-median of the steps after two warm-up steps. Prints the CPU flags with the table.
+(``MaskedDeepSupervisionLoss`` over it for UNet++ with deep supervision), backward, AdamW, on the bundle's batch
+(8 patches of 3 x 128 x 128, channels-last) for the widths of ``bundles/drive/train.json`` (16..256, batch norm,
+ReLU, transposed convolutions); median of the steps after two warm-up steps. Prints the CPU flags with the table.
 
 Usage::
 
